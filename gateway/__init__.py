@@ -1,0 +1,1 @@
+"""citysense gateway agent."""
