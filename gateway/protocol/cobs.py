@@ -6,12 +6,16 @@ from .errors import FramingError
 
 
 def cobs_encode(data: bytes) -> bytes:
-    """Encode `data` so that the result holds no 0x00 byte."""
-    out = bytearray()
+    """Encode `data` so that the result holds no 0x00 byte.
+
+    A run of 254 non-zero bytes that ends the data is not followed by an empty block
+    (the usual convention: 254 bytes 01..FE encode as FF 01..FE).
+    """
+    out = bytearray(b"\x00")
     code_pos = 0
-    out.append(0)
     code = 1
-    for byte in data:
+    last = len(data) - 1
+    for i, byte in enumerate(data):
         if byte == 0:
             out[code_pos] = code
             code_pos = len(out)
@@ -22,6 +26,8 @@ def cobs_encode(data: bytes) -> bytes:
         code += 1
         if code == 0xFF:
             out[code_pos] = code
+            if i == last:
+                return bytes(out)
             code_pos = len(out)
             out.append(0)
             code = 1
