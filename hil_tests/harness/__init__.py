@@ -1,0 +1,1 @@
+"""Whole-system test harness: real broker, emulated nodes, gateway, noise, consumer."""
