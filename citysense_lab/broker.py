@@ -40,6 +40,8 @@ class Mosquitto:
     the MQTT user name the ACL checks (`use_identity_as_username`).
     """
 
+    kind = "mosquitto"
+
     def __init__(self, workdir: Path, port: int, tls: BrokerTLS | None, acl: str | None = None):
         self.workdir = workdir
         self.port = port
@@ -110,3 +112,40 @@ def acl_for(gateway_ids: list[str], consumer: str = "consumer") -> str:
         "",
     ]
     return "\n".join(out)
+
+
+class AmqttBroker:
+    """The PyPI broker (amqtt) in its own process, same start/stop interface as Mosquitto."""
+
+    kind = "amqtt"
+
+    def __init__(self, workdir: Path, port: int, tls: BrokerTLS | None) -> None:
+        self.workdir = workdir
+        self.port = port
+        self.tls = tls
+        self.proc: Proc | None = None
+        self.starts = 0
+
+    def start(self, timeout: float = 30.0) -> None:
+        import sys
+
+        self.starts += 1
+        argv = [sys.executable, "-m", "citysense_lab.amqtt_broker", "--port", str(self.port)]
+        if self.tls is not None:
+            argv += ["--ca", str(self.tls.ca_file), "--cert", str(self.tls.cert_file)]
+            argv += ["--key", str(self.tls.key_file)]
+        self.proc = Proc(f"amqtt-{self.starts}", argv, self.workdir / "amqtt.log").start()
+        wait_until(lambda: _port_open(self.port), timeout, f"amqtt on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop(timeout=5)
+            self.proc = None
+
+
+def have_mosquitto() -> bool:
+    try:
+        mosquitto_path()
+    except RuntimeError:
+        return False
+    return True

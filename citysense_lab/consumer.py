@@ -15,6 +15,7 @@ import cbor2
 import paho.mqtt.client as mqtt
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from paho.mqtt.enums import CallbackAPIVersion
 
 from .broker import BrokerTLS
 
@@ -86,7 +87,7 @@ class Consumer:
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
         )
         if tls is not None:
             self.client.tls_set(
@@ -97,7 +98,7 @@ class Consumer:
             )
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
-        self.client.reconnect_delay_set(0.2, 2)
+        self.client.reconnect_delay_set(1, 2)
         self.topic = topic
         self.port = port
 

@@ -1,1 +1,0 @@
-"""Whole-system test harness: real broker, emulated nodes, gateway, noise, consumer."""
