@@ -1,0 +1,308 @@
+"""A small CBOR (RFC 8949) codec for MicroPython.
+
+Types: unsigned and negative integers (up to 64 bits), byte strings, text strings,
+arrays, maps, tags (as `Tag`), false, true, null and floats.
+
+Encoding is deterministic: integers, lengths and tags in their shortest form; map keys
+sorted by their encoded bytes (RFC 8949 section 4.2.1); floats as the shortest of
+half/single precision that holds the value exactly, else double precision when the
+platform float is a double (ESP32 MicroPython floats are single precision, so there
+every float fits in a single).
+
+Decoding is bounded and strict: one item, no trailing bytes, nesting at most
+`max_depth`, at most `max_items` entries per array or map, lengths never beyond the
+input; indefinite lengths, undefined and other simple values are refused. Anything
+malformed raises ValueError and nothing else.
+"""
+
+import struct
+
+try:
+    from micropython import const
+except ImportError:  # CPython (cross-tests): const() is only a compiler hint
+
+    def const(x):
+        return x
+
+
+_UINT = const(0)
+_NINT = const(1)
+_BSTR = const(2)
+_TSTR = const(3)
+_ARRAY = const(4)
+_MAP = const(5)
+_TAG = const(6)
+_SIMPLE = const(7)
+_U64 = const(0xFFFFFFFFFFFFFFFF)
+_SINGLE_MAX = 3.4028234663852886e38
+
+MAX_DEPTH = const(16)
+MAX_ITEMS = const(1024)
+
+# True where the platform float is an IEEE double (the unix port), False on the ESP32.
+DOUBLE_FLOATS = (1.0 + 2.0**-40) != 1.0
+
+
+class Tag:
+    """A tagged item: `Tag(18, [...])` encodes as CBOR tag 18 around the value."""
+
+    __slots__ = ("tag", "value")
+
+    def __init__(self, tag, value):
+        self.tag = tag
+        self.value = value
+
+    def __eq__(self, other):
+        return isinstance(other, Tag) and other.tag == self.tag and other.value == self.value
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+    def __repr__(self):
+        return "Tag(%d, %r)" % (self.tag, self.value)
+
+
+# ---- encoding ---------------------------------------------------------------------
+
+
+def _head(out, major, n):
+    mt = major << 5
+    if n < 24:
+        out.append(mt | n)
+    elif n < 0x100:
+        out.append(mt | 24)
+        out.append(n)
+    elif n < 0x10000:
+        out.append(mt | 25)
+        out.extend(struct.pack(">H", n))
+    elif n < 0x100000000:
+        out.append(mt | 26)
+        out.extend(struct.pack(">I", n))
+    elif n <= _U64:
+        out.append(mt | 27)
+        out.extend(struct.pack(">Q", n))
+    else:
+        raise ValueError("cbor: integer out of the 64-bit range")
+
+
+def _half_bits(single):
+    """The half-precision bits holding exactly the value of single-precision bits
+    `single`, or -1 when a half cannot hold it."""
+    sign = (single >> 16) & 0x8000
+    exp = (single >> 23) & 0xFF
+    mant = single & 0x7FFFFF
+    if exp == 0xFF:
+        return -1 if mant else sign | 0x7C00  # NaN is handled before; infinities fit
+    if exp == 0:
+        return sign if mant == 0 else -1  # zeros fit; single subnormals are too small
+    e = exp - 127
+    if -14 <= e <= 15:
+        if mant & 0x1FFF:
+            return -1
+        return sign | ((e + 15) << 10) | (mant >> 13)
+    if -24 <= e < -14:  # a half subnormal
+        full = 0x800000 | mant
+        shift = -e - 1
+        if full & ((1 << shift) - 1):
+            return -1
+        return sign | (full >> shift)
+    return -1
+
+
+def _float(out, x):
+    if x != x:
+        out.extend(b"\xf9\x7e\x00")  # NaN, canonical quiet
+        return
+    if DOUBLE_FLOATS and x - x == 0 and abs(x) > _SINGLE_MAX:
+        out.append(0xFB)
+        out.extend(struct.pack(">d", x))
+        return
+    single = struct.pack(">f", x)
+    if DOUBLE_FLOATS and struct.unpack(">f", single)[0] != x:
+        out.append(0xFB)
+        out.extend(struct.pack(">d", x))
+        return
+    half = _half_bits(struct.unpack(">I", single)[0])
+    if half >= 0:
+        out.append(0xF9)
+        out.extend(struct.pack(">H", half))
+    else:
+        out.append(0xFA)
+        out.extend(single)
+
+
+def encode_into(out, obj, depth=0):
+    """Append the CBOR encoding of `obj` to bytearray `out`."""
+    if depth > MAX_DEPTH:
+        raise ValueError("cbor: nesting deeper than %d" % MAX_DEPTH)
+    if obj is None:
+        out.append(0xF6)
+    elif obj is True:
+        out.append(0xF5)
+    elif obj is False:
+        out.append(0xF4)
+    elif isinstance(obj, int):
+        if obj >= 0:
+            _head(out, _UINT, obj)
+        else:
+            _head(out, _NINT, -1 - obj)
+    elif isinstance(obj, float):
+        _float(out, obj)
+    elif isinstance(obj, (bytes, bytearray, memoryview)):
+        _head(out, _BSTR, len(obj))
+        out.extend(obj)
+    elif isinstance(obj, str):
+        raw = obj.encode("utf-8")
+        _head(out, _TSTR, len(raw))
+        out.extend(raw)
+    elif isinstance(obj, (list, tuple)):
+        _head(out, _ARRAY, len(obj))
+        for item in obj:
+            encode_into(out, item, depth + 1)
+    elif isinstance(obj, dict):
+        _map(out, obj, depth)
+    elif isinstance(obj, Tag):
+        _head(out, _TAG, obj.tag)
+        encode_into(out, obj.value, depth + 1)
+    else:
+        raise TypeError("cbor: cannot encode %s" % type(obj).__name__)
+
+
+def _map(out, obj, depth):
+    pairs = []
+    for key, value in obj.items():
+        kb = bytearray()
+        encode_into(kb, key, depth + 1)
+        pairs.append((bytes(kb), value))
+    pairs.sort(key=lambda pair: pair[0])
+    _head(out, _MAP, len(pairs))
+    for kb, value in pairs:
+        out.extend(kb)
+        encode_into(out, value, depth + 1)
+
+
+def dumps(obj):
+    """The deterministic CBOR encoding of `obj` as bytes."""
+    out = bytearray()
+    encode_into(out, obj)
+    return bytes(out)
+
+
+# ---- decoding ---------------------------------------------------------------------
+
+
+def _half_to_float(h):
+    sign = (h & 0x8000) << 16
+    exp = (h >> 10) & 0x1F
+    mant = h & 0x3FF
+    if exp == 0x1F:
+        bits = sign | 0x7F800000 | (mant << 13)
+    elif exp:
+        bits = sign | ((exp + 112) << 23) | (mant << 13)
+    elif mant:
+        top = 9
+        while not (mant >> top) & 1:
+            top -= 1
+        bits = sign | ((top + 103) << 23) | (((mant ^ (1 << top)) << (23 - top)) & 0x7FFFFF)
+    else:
+        bits = sign
+    return struct.unpack(">f", struct.pack(">I", bits))[0]
+
+
+class _Reader:
+    def __init__(self, data, max_depth, max_items):
+        self.data = data
+        self.pos = 0
+        self.max_depth = max_depth
+        self.max_items = max_items
+
+    def _take(self, n):
+        start = self.pos
+        end = start + n
+        if end > len(self.data):
+            raise ValueError("cbor: truncated at byte %d" % start)
+        self.pos = end
+        return self.data[start:end]
+
+    def _arg(self, info):
+        if info < 24:
+            return info
+        if info == 24:
+            return self._take(1)[0]
+        if info == 25:
+            return struct.unpack(">H", self._take(2))[0]
+        if info == 26:
+            return struct.unpack(">I", self._take(4))[0]
+        if info == 27:
+            return struct.unpack(">Q", self._take(8))[0]
+        if info == 31:
+            raise ValueError("cbor: indefinite lengths are not supported")
+        raise ValueError("cbor: reserved additional information %d" % info)
+
+    def _count(self, n, per_item):
+        if n > self.max_items or n * per_item > len(self.data) - self.pos:
+            raise ValueError("cbor: %d entries exceed the limit or the input" % n)
+        return n
+
+    def item(self, depth):
+        if depth > self.max_depth:
+            raise ValueError("cbor: nesting deeper than %d" % self.max_depth)
+        ib = self._take(1)[0]
+        major = ib >> 5
+        info = ib & 0x1F
+        if major == _SIMPLE:
+            return self._simple(info)
+        n = self._arg(info)
+        if major == _UINT:
+            return n
+        if major == _NINT:
+            return -1 - n
+        if major == _BSTR:
+            return bytes(self._take(n))
+        if major == _TSTR:
+            return str(bytes(self._take(n)), "utf-8")
+        if major == _ARRAY:
+            return [self.item(depth + 1) for _ in range(self._count(n, 1))]
+        if major == _MAP:
+            return self._map(self._count(n, 2), depth)
+        return Tag(n, self.item(depth + 1))
+
+    def _map(self, n, depth):
+        out = {}
+        for _ in range(n):
+            key = self.item(depth + 1)
+            if key is True or key is False or not isinstance(key, (int, str, bytes)):
+                raise ValueError("cbor: unsupported map key type")
+            if key in out:
+                raise ValueError("cbor: duplicate map key")
+            out[key] = self.item(depth + 1)
+        return out
+
+    def _simple(self, info):
+        if info == 20:
+            return False
+        if info == 21:
+            return True
+        if info == 22:
+            return None
+        if info == 25:
+            return _half_to_float(struct.unpack(">H", self._take(2))[0])
+        if info == 26:
+            return struct.unpack(">f", self._take(4))[0]
+        if info == 27:
+            return struct.unpack(">d", self._take(8))[0]
+        raise ValueError("cbor: unsupported simple value %d" % info)
+
+
+def loads(data, max_depth=MAX_DEPTH, max_items=MAX_ITEMS):
+    """Decode exactly one CBOR item from `data`; ValueError if malformed."""
+    reader = _Reader(memoryview(data), max_depth, max_items)
+    try:
+        item = reader.item(0)
+    except ValueError:
+        raise
+    except Exception as exc:  # the one boundary for untrusted bytes: nothing else escapes
+        raise ValueError("cbor: malformed input (%s)" % exc) from exc
+    if reader.pos != len(data):
+        raise ValueError("cbor: %d trailing bytes after the item" % (len(data) - reader.pos))
+    return item
