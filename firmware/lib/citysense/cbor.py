@@ -30,6 +30,7 @@ _NINT = const(1)
 _BSTR = const(2)
 _TSTR = const(3)
 _ARRAY = const(4)
+ARRAY = const(4)  # for encode_head() callers building arrays by hand
 _MAP = const(5)
 _TAG = const(6)
 _SIMPLE = const(7)
@@ -65,7 +66,8 @@ class Tag:
 # ---- encoding ---------------------------------------------------------------------
 
 
-def _head(out, major, n):
+def encode_head(out, major, n):
+    """Append the head of an item: major type and argument, in shortest form."""
     mt = major << 5
     if n < 24:
         out.append(mt | n)
@@ -143,26 +145,26 @@ def encode_into(out, obj, depth=0):
         out.append(0xF4)
     elif isinstance(obj, int):
         if obj >= 0:
-            _head(out, _UINT, obj)
+            encode_head(out, _UINT, obj)
         else:
-            _head(out, _NINT, -1 - obj)
+            encode_head(out, _NINT, -1 - obj)
     elif isinstance(obj, float):
         _float(out, obj)
     elif isinstance(obj, (bytes, bytearray, memoryview)):
-        _head(out, _BSTR, len(obj))
+        encode_head(out, _BSTR, len(obj))
         out.extend(obj)
     elif isinstance(obj, str):
         raw = obj.encode("utf-8")
-        _head(out, _TSTR, len(raw))
+        encode_head(out, _TSTR, len(raw))
         out.extend(raw)
     elif isinstance(obj, (list, tuple)):
-        _head(out, _ARRAY, len(obj))
+        encode_head(out, _ARRAY, len(obj))
         for item in obj:
             encode_into(out, item, depth + 1)
     elif isinstance(obj, dict):
         _map(out, obj, depth)
     elif isinstance(obj, Tag):
-        _head(out, _TAG, obj.tag)
+        encode_head(out, _TAG, obj.tag)
         encode_into(out, obj.value, depth + 1)
     else:
         raise TypeError("cbor: cannot encode %s" % type(obj).__name__)
@@ -175,7 +177,7 @@ def _map(out, obj, depth):
         encode_into(kb, key, depth + 1)
         pairs.append((bytes(kb), value))
     pairs.sort(key=lambda pair: pair[0])
-    _head(out, _MAP, len(pairs))
+    encode_head(out, _MAP, len(pairs))
     for kb, value in pairs:
         out.extend(kb)
         encode_into(out, value, depth + 1)
@@ -299,10 +301,10 @@ def loads(data, max_depth=MAX_DEPTH, max_items=MAX_ITEMS):
     reader = _Reader(memoryview(data), max_depth, max_items)
     try:
         item = reader.item(0)
-    except ValueError:
+    except (ValueError, MemoryError):
         raise
     except Exception as exc:  # the one boundary for untrusted bytes: nothing else escapes
-        raise ValueError("cbor: malformed input (%s)" % exc) from exc
+        raise ValueError("cbor: malformed input (%s)" % exc)
     if reader.pos != len(data):
         raise ValueError("cbor: %d trailing bytes after the item" % (len(data) - reader.pos))
     return item
