@@ -21,7 +21,7 @@ try:
     from micropython import const
 except ImportError:  # CPython (cross-tests): const() is only a compiler hint
 
-    def const(x):
+    def const(x):  # type: ignore[misc]
         return x
 
 
@@ -178,8 +178,8 @@ def _map(out, obj, depth):
         pairs.append((bytes(kb), value))
     pairs.sort(key=lambda pair: pair[0])
     encode_head(out, _MAP, len(pairs))
-    for kb, value in pairs:
-        out.extend(kb)
+    for encoded_key, value in pairs:
+        out.extend(encoded_key)
         encode_into(out, value, depth + 1)
 
 

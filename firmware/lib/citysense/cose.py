@@ -18,7 +18,7 @@ try:
     from micropython import const
 except ImportError:  # CPython (cross-tests): const() is only a compiler hint
 
-    def const(x):
+    def const(x):  # type: ignore[misc]
         return x
 
 

@@ -6,8 +6,10 @@ usual 256-entry one: slower, but lean, and only builds without binascii.crc32 us
 
 try:
     from binascii import crc32 as _native
+
+    _HAVE_NATIVE = True
 except ImportError:  # a MicroPython build without binascii.crc32
-    _native = None
+    _HAVE_NATIVE = False
 
 _NIBBLE = (
     0x00000000, 0x1DB71064, 0x3B6E20C8, 0x26D930AC,
@@ -30,6 +32,6 @@ def crc32_pure(data, crc=0):
 
 def crc32(data, crc=0):
     """CRC-32 of `data` continuing from `crc`; an unsigned 32-bit int."""
-    if _native is not None:
+    if _HAVE_NATIVE:
         return _native(data, crc) & 0xFFFFFFFF
     return crc32_pure(data, crc)
