@@ -244,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_snapshot(image)
     t_snap = time.monotonic() - t1
     work = Path(tempfile.mkdtemp(prefix="citysense-qemu-"))
+    work.chmod(0o755)  # mosquitto drops root privileges and must read its config
     standin = args.standin or not build.gateway_available()
     unit = "citysense-standin" if standin else "citysense-gateway"
     from support import free_port  # tests/support.py
