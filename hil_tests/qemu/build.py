@@ -265,6 +265,7 @@ def configure_guest(root: Path) -> None:
         mask(root, unit)
     enable(root, "systemd-networkd.service", "multi-user.target")
     (root / "etc" / "machine-id").write_text("")
+    (root / "etc" / "citysense" / "registry").mkdir(parents=True, exist_ok=True)
     # An empty root password is never needed: the console logs in automatically.
 
 

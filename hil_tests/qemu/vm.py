@@ -257,7 +257,10 @@ class Vm:
         while True:
             start = self.mark()
             self.write(b"\nexec /bin/sh\n")
-            self.write(b"stty -echo; PS1=''; PS2=''; export PS1 PS2; echo __READY__$((40+2))\n")
+            self.write(
+                b"stty -echo; PS1=''; PS2=''; SYSTEMD_PAGER=''; SYSTEMD_COLORS=0; TERM=dumb; "
+                b"export PS1 PS2 SYSTEMD_PAGER SYSTEMD_COLORS TERM; echo __READY__$((40+2))\n"
+            )
             try:
                 self.wait_for(rb"__READY__42", 5, start)
                 return
