@@ -27,8 +27,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parents[1]), str(HERE.parents[1] / "tests")]
 
-import build  # noqa: E402
 from vm import Vm, VmError, boot_wait, ensure_snapshot  # noqa: E402
+
+import build  # noqa: E402
 
 MAX_EXPOSURE = 2.0
 
@@ -238,11 +239,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args(argv)
     t0 = time.monotonic()
-    image = build.build_image()
-    t_build = time.monotonic() - t0
-    t1 = time.monotonic()
-    ensure_snapshot(image)
-    t_snap = time.monotonic() - t1
+    try:
+        image = build.build_image()
+        t_build = time.monotonic() - t0
+        t1 = time.monotonic()
+        ensure_snapshot(image)
+        t_snap = time.monotonic() - t1
+    except (subprocess.CalledProcessError, VmError, RuntimeError, OSError) as exc:
+        print(f"qemu-check: FAIL building the image: {exc}", file=sys.stderr, flush=True)
+        return 1
     work = Path(tempfile.mkdtemp(prefix="citysense-qemu-"))
     work.chmod(0o755)  # mosquitto drops root privileges and must read its config
     standin = args.standin or not build.gateway_available()

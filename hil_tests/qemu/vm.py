@@ -77,9 +77,12 @@ class Vm:
             "-chardev", "pty,id=link",
             "-device", "virtserialport,chardev=link,name=link",
             "-device", "virtio-rng-pci",
-            "-nic",
-            "user,model=virtio-net-pci,restrict=on,"
+            "-netdev",
+            "user,id=net,restrict=on,"
             f"guestfwd=tcp:{GUEST_MQTT[0]}:{GUEST_MQTT[1]}-cmd:{fwd}",
+            # no option ROM: the guest boots by -kernel, and Debian ships the ROMs in a
+            # separate package (ipxe-qemu)
+            "-device", "virtio-net-pci,netdev=net,romfile=",
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
         ]  # fmt: skip
         if loadvm:
@@ -102,7 +105,11 @@ class Vm:
                 env=env,
                 start_new_session=True,
             )
-        self._connect_qmp(timeout)
+        try:
+            self._connect_qmp(timeout)
+        except OSError as exc:
+            self.kill()
+            raise VmError(f"QMP: {exc}; qemu log:\n{self.qemu_log()}") from None
         ptys = {c["label"]: c["filename"] for c in self.qmp("query-chardev")}
         con = ptys["con"].removeprefix("pty:")
         self.link_pty = ptys["link"].removeprefix("pty:")
@@ -248,7 +255,10 @@ class Vm:
     def write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
-            n = os.write(self._console_fd, view)
+            try:
+                n = os.write(self._console_fd, view)
+            except OSError as exc:
+                raise VmError(f"console write: {exc} (qemu alive: {self.alive()})") from None
             view = view[n:]
 
     def login(self, timeout: float) -> None:
