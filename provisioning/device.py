@@ -46,15 +46,17 @@ def _cs_mk(p):
         except OSError as e:
             if e.args[0] != 17:
                 raise
-def _cs_walk(d):
+def _cs_walk(d, skip=()):
     try:
         it = list(os.ilistdir(d))
     except OSError:
         return
     for e in it:
         p = d.rstrip('/') + '/' + e[0]
+        if p in skip:
+            continue
         if e[1] == 0x4000:
-            _cs_walk(p)
+            _cs_walk(p, skip)
         else:
             print(p, _cs_h(p))
 def _cs_commit(t, p):
@@ -131,7 +133,7 @@ class Device:
         result: dict[str, str | None] = {}
         for start in range(0, len(wanted), 16):
             part = wanted[start : start + 16]
-            code = "for _p in %r:\n    print(_cs_h(_p))\n" % (part,)
+            code = f"for _p in {part!r}:\n    print(_cs_h(_p))\n"
             lines = self.run(code, "hashing files on the device").split()
             if len(lines) != len(part):
                 raise DeviceError("the device sent a garbled file list, reset it and retry")
@@ -139,9 +141,9 @@ class Device:
                 result[path] = None if digest == _MISSING else digest
         return result
 
-    def walk(self, root: str) -> dict[str, str]:
-        """Every file under `root` (recursively) with its SHA-256 hex."""
-        out = self.run(f"_cs_walk({root!r})", f"listing {root} on the device", 60.0)
+    def walk(self, root: str, skip: tuple[str, ...] = ()) -> dict[str, str]:
+        """Every file under `root` (recursively, minus `skip` dirs) with its SHA-256 hex."""
+        out = self.run(f"_cs_walk({root!r}, {skip!r})", f"listing {root} on the device", 60.0)
         files: dict[str, str] = {}
         for line in out.splitlines():
             path, _, digest = line.rpartition(" ")

@@ -1,0 +1,208 @@
+"""Enroll a node: key generated ON the device, config written, registry entry saved.
+
+Order (nothing is lost if the cable is pulled at any step): the new seed goes to
+/config/device.key.new on the device (the old key stays intact), then the registry entry
+is written atomically, then the device renames the new seed over the old one. A re-run
+finds a pending seed whose public key the registry already has and completes the rename.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import registry
+from .deploy import device_firmware_hash
+from .device import CONFIG_PATH, KEY_NEW_PATH, KEY_PATH, OPERATOR_PATH, Device, Progress
+from .errors import DeviceError, ProvisionError, RegistryError
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "interval_s": 60,
+    "batch": 5,
+    "link": {"uart": 2, "tx": 17, "rx": 16, "baud": 115200},
+    "sensors": ["bme280", "battery"],
+}
+BAUDS = (9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
+
+
+@dataclass
+class EnrollOptions:
+    registry: Path
+    device_id: str | None = None
+    operator_pub: bytes | None = None
+    interval_s: int | None = None
+    batch: int | None = None
+    link: dict[str, int | None] = field(default_factory=dict)
+    sensors: list[str] | None = None
+    replace: bool = False
+    new_key: bool = False
+
+
+def _check_range(name: str, value: int, low: int, high: int) -> int:
+    if not low <= value <= high:
+        raise ProvisionError(f"{name} {value} is out of range, use {low}..{high}")
+    return value
+
+
+def build_config(device_id: str, old: dict[str, Any] | None, opts: EnrollOptions) -> dict[str, Any]:
+    """device.json: explicit options, else what the device had, else the defaults."""
+    base = dict(DEFAULT_CONFIG)
+    if old:
+        base.update({k: old[k] for k in DEFAULT_CONFIG if k in old})
+    link = dict(DEFAULT_CONFIG["link"])
+    if isinstance(base.get("link"), dict):
+        link.update({k: v for k, v in base["link"].items() if k in link and isinstance(v, int)})
+    link.update({k: v for k, v in opts.link.items() if v is not None})
+    _check_range("--link-uart", link["uart"], 1, 2)
+    _check_range("--tx", link["tx"], 0, 39)
+    _check_range("--rx", link["rx"], 0, 39)
+    if link["baud"] not in BAUDS:
+        raise ProvisionError(f"--baud {link['baud']} is not a standard rate, use one of {BAUDS}")
+    interval = opts.interval_s if opts.interval_s is not None else int(base["interval_s"])
+    batch = opts.batch if opts.batch is not None else int(base["batch"])
+    sensors = opts.sensors if opts.sensors is not None else list(base["sensors"])
+    return {
+        "device_id": device_id,
+        "interval_s": _check_range("--interval", interval, 1, 86400),
+        "batch": _check_range("--batch", batch, 1, 100),
+        "link": link,
+        "sensors": sensors,
+    }
+
+
+def read_device_config(device: Device) -> dict[str, Any] | None:
+    text = device.read_text(CONFIG_PATH)
+    if text is None:
+        return None
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return cfg if isinstance(cfg, dict) else None
+
+
+def default_device_id(device: Device) -> str:
+    try:
+        uid = device.unique_id()
+    except DeviceError as exc:
+        raise ProvisionError(
+            f"cannot read the node's unique id ({exc.exc_line}), pass --device-id"
+        ) from exc
+    return f"esp32-{uid.lower()}"
+
+
+def _conflict(device_id: str, old: registry.Entry) -> RegistryError:
+    fp = registry.fingerprint(old["public_key"])[:16]
+    if old["status"] == "revoked":
+        return RegistryError(
+            f"device {device_id} is revoked in the registry (key {fp}), re-run with --replace"
+            " to enroll a new key under this id"
+        )
+    return RegistryError(
+        f"device {device_id} is already enrolled with a different key (key {fp}), re-run"
+        " with --replace if this node replaces it (the old key is revoked)"
+    )
+
+
+def enroll(device: Device, opts: EnrollOptions, progress: Progress) -> dict[str, Any]:
+    reg = registry.require_dir(opts.registry, create=True)
+    device_id = registry.check_device_id(opts.device_id or default_device_id(device))
+    old = registry.load(reg, device_id)
+    progress(f"enrolling {device_id}")
+    current = device.public_key_of(KEY_PATH)
+    pending = device.public_key_of(KEY_NEW_PATH)
+    if pending is not None and old is not None and pending == old["public_key"]:
+        progress("completing an interrupted enrollment")
+        device.rename(KEY_NEW_PATH, KEY_PATH)
+        current, pending = pending, None
+    if pending is not None:
+        device.remove(KEY_NEW_PATH)
+    keep = (
+        old is not None
+        and current == old["public_key"]
+        and old["status"] == "active"
+        and not opts.new_key
+    )
+    if old is not None and not keep and not opts.replace:
+        raise _conflict(device_id, old)
+    if keep:
+        public_key = str(current)
+    else:
+        progress("generating the device key on the device")
+        public_key = device.generate_key(KEY_NEW_PATH)
+    progress("writing the configuration")
+    config = build_config(device_id, read_device_config(device), opts)
+    device.put(CONFIG_PATH, (json.dumps(config) + "\n").encode())
+    if opts.operator_pub is not None:
+        device.put(OPERATOR_PATH, opts.operator_pub)
+    operator = device.read_hex(OPERATOR_PATH)
+    firmware = device_firmware_hash(device)
+    if old is None:
+        entry = registry.new_entry(device_id, public_key, firmware)
+    elif keep:
+        entry = dict(old, firmware_sha256=firmware)
+    else:
+        entry = registry.replaced(old, public_key, firmware)
+    path = registry.save(reg, entry)
+    if not keep:
+        device.rename(KEY_NEW_PATH, KEY_PATH)
+    if device.public_key_of(KEY_PATH) != public_key:
+        raise DeviceError(
+            f"the key on {device_id} does not match the registry after enrolling,"
+            " re-run enroll with --replace"
+        )
+    return {
+        "device_id": device_id,
+        "public_key": public_key,
+        "key_fingerprint": registry.fingerprint(public_key),
+        "key": "kept" if keep else "new",
+        "replaced_key_fingerprint": (
+            registry.fingerprint(old["public_key"]) if old is not None and not keep else None
+        ),
+        "registry_file": str(path),
+        "firmware_sha256": firmware,
+        "operator_key_fingerprint": registry.fingerprint(operator)
+        if operator and len(operator) == 64
+        else None,
+        "config": config,
+        "target": "emulator" if device.is_emulator else "esp32",
+    }
+
+
+def verify(device: Device, reg: Path, operator_pub: bytes | None) -> dict[str, Any]:
+    """Compare what the device holds with the registry; `problems` empty = all good."""
+    problems: list[str] = []
+    config = read_device_config(device)
+    device_id = config.get("device_id") if config else None
+    if not isinstance(device_id, str):
+        problems.append(f"{CONFIG_PATH} is missing or invalid on the device")
+    public_key = device.public_key_of(KEY_PATH)
+    if public_key is None:
+        problems.append(f"{KEY_PATH} is missing on the device")
+    entry = registry.load(registry.require_dir(reg), device_id) if device_id else None
+    if device_id and entry is None:
+        problems.append(f"device {device_id} is not in the registry")
+    if entry is not None:
+        if entry["status"] != "active":
+            problems.append(f"device {device_id} is revoked in the registry")
+        if public_key is not None and entry["public_key"] != public_key:
+            problems.append("the device's key does not match the registry")
+    operator = device.read_hex(OPERATOR_PATH)
+    if operator is None:
+        problems.append(f"{OPERATOR_PATH} is missing: the node will refuse every COMMAND")
+    elif operator_pub is not None and operator != operator_pub.hex():
+        problems.append("the device's operator key differs from --operator-pub")
+    firmware = device_firmware_hash(device)
+    return {
+        "ok": not problems,
+        "problems": problems,
+        "device_id": device_id,
+        "public_key": public_key,
+        "key_fingerprint": registry.fingerprint(public_key) if public_key else None,
+        "registry_status": entry["status"] if entry else None,
+        "firmware_sha256": firmware,
+        "firmware_matches_enrollment": bool(entry and entry.get("firmware_sha256") == firmware),
+        "config": config,
+    }
