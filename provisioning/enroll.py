@@ -127,6 +127,11 @@ def enroll(device: Device, opts: EnrollOptions, progress: Progress) -> dict[str,
     )
     if old is not None and not keep and not opts.replace:
         raise _conflict(device_id, old)
+    if opts.operator_pub is None and device.read_hex(OPERATOR_PATH) is None:
+        raise ProvisionError(
+            f"{device_id} has no operator key, pass --operator-pub OPERATOR.pub"
+            " (create one with citysense-provision operator-key init)"
+        )
     if keep:
         public_key = str(current)
     else:
