@@ -15,12 +15,17 @@ lost, and the queue must survive the power cut and drain.
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import select
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import tty
 from collections.abc import Callable
 from pathlib import Path
 
@@ -218,9 +223,87 @@ def parse_timespan(text: str) -> float:
     return total
 
 
+def check_isolation(vm: Vm) -> None:
+    """restrict=on: no default route, and nothing but the guest forward answers."""
+    _, routes = vm.sh("ip route")
+    if "default" in routes:
+        raise CheckFailed(f"the guest has a default route:\n{routes}")
+    probe = (
+        'python3 -c "import socket,sys; '
+        'socket.create_connection((sys.argv[1], int(sys.argv[2])), 5)" '
+    )
+    for host, port in (("10.0.2.2", 22), ("10.0.2.3", 53), ("1.1.1.1", 443)):
+        rc, _ = vm.sh(probe + f"{host} {port}", timeout=60, check=False)
+        if rc == 0:
+            raise CheckFailed(f"the guest reached {host}:{port}; restrict=on should forbid it")
+    passed("network: no default route; 10.0.2.2, 10.0.2.3, 1.1.1.1 unreachable from the guest")
+
+
+def check_forward(vm: Vm, port: int) -> None:
+    """The single guest forward reaches a server on host loopback (here an echo)."""
+    srv = socket.create_server(("127.0.0.1", port))
+    srv.settimeout(60)
+
+    def echo() -> None:
+        try:
+            conn, _ = srv.accept()
+            with conn:
+                conn.settimeout(30)
+                conn.sendall(conn.recv(64))
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=echo, daemon=True)
+    thread.start()
+    try:
+        _, out = vm.sh(
+            "python3 -c \"import socket; s=socket.create_connection(('broker', 1883), 20); "
+            "s.sendall(b'citysense'); print(s.recv(64).decode())\"",
+            timeout=90,
+        )
+    finally:
+        srv.close()
+        thread.join(timeout=5)
+    if out.strip() != "citysense":
+        raise CheckFailed(f"guest forward: echo from 127.0.0.1:{port} was {out!r}")
+    passed(f"network: the guest forward broker:1883 reaches 127.0.0.1:{port} on the host")
+
+
+def check_link(vm: Vm) -> None:
+    """Both directions of the node link: host pty <-> /dev/virtio-ports/link."""
+    _, perms = vm.sh("stat -L -c '%G %a' /dev/virtio-ports/link")
+    if perms.split() != ["dialout", "660"]:
+        raise CheckFailed(f"/dev/virtio-ports/link is {perms.strip()!r}, want dialout 660")
+    fd = os.open(vm.link_pty, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    try:
+        tty.setraw(fd)
+        # QEMU notices a reader on its pty within a second (it polls); until then the
+        # guest's port reads end of file.
+        time.sleep(2)
+        vm.sh("(timeout 30 head -c 8 /dev/virtio-ports/link > /tmp/link.in) & sleep 1")
+        os.write(fd, bytes(range(250, 256)) + b"\x00\x01")
+        _, got = vm.sh("wait; od -An -tx1 /tmp/link.in", timeout=60)
+        if got.split() != ["fa", "fb", "fc", "fd", "fe", "ff", "00", "01"]:
+            raise CheckFailed(f"host -> guest over the link: got {got.strip()!r}")
+        vm.sh("printf 'from-guest' > /dev/virtio-ports/link")
+        data = b""
+        deadline = time.monotonic() + 20
+        while len(data) < 10 and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.5)[0]:
+                data += os.read(fd, 64)
+        if data != b"from-guest":
+            raise CheckFailed(f"guest -> host over the link: got {data!r}")
+    finally:
+        os.close(fd)
+    passed("node link: /dev/virtio-ports/link (dialout 660) <-> host pty, raw bytes both ways")
+
+
 def run_standin(scn: Scenario) -> None:
     """The VM pipeline with the stand-in service (while the gateway is not built yet)."""
     vm = scn.resume_snapshot()
+    check_isolation(vm)
+    check_forward(vm, scn.mqtt_port)
+    check_link(vm)
     scn.start_unit(vm)
     scn.check_sigkill(vm)
     scn.check_watchdog(vm)

@@ -153,9 +153,12 @@ def _run(scn: Scenario, flow: Flow) -> None:
     flow.consumer.start()
     vm = scn.resume_snapshot()
     flow.provision_guest(vm)
-    scn.start_unit(vm)
+    # The node is on the line before the gateway starts, as in the field: the guest's
+    # port reads end of file while nobody holds the host side of the pty.
     flow.node = node = ProtocolNode(flow.device_id, flow.seed, vm.link_pty)
     node.start()
+    time.sleep(2)
+    scn.start_unit(vm)
 
     # 1. Records flow node -> guest gateway -> broker, byte-identical and verified.
     t0 = time.monotonic()
@@ -202,6 +205,7 @@ def _run(scn: Scenario, flow: Flow) -> None:
     flow.broker.start()
     vm = scn.cold_boot()
     node.relink(vm.link_pty)
+    time.sleep(2)
     scn.start_unit(vm)
     flow.wait_delivered(queued, "after the power cut")
     passed(f"power cut mid-stream: the queue was intact, {len(queued)} queued records drained")
