@@ -33,8 +33,11 @@ def _say(msg: str) -> None:
     print(f"qemu-check: {msg}", flush=True)
 
 
-def _readable_by_mosquitto(key: Path) -> None:
-    """Mosquitto started as root drops to the `mosquitto` user before it reads its key."""
+def _readable_by_mosquitto(key: Path, ca_file: Path) -> None:
+    """Mosquitto started as root drops to the `mosquitto` user before it reads its files:
+    it may pass through their (0700) directories, and own its key (0600)."""
+    for folder in (key.parent, ca_file.parent):
+        folder.chmod(0o711)
     if os.geteuid() == 0:
         try:
             shutil.chown(key, user="mosquitto")
@@ -49,7 +52,7 @@ class Flow:
         self.work = work
         self.ca = LabCA(work / "pki")
         broker = self.ca.issue("broker", server=True)
-        _readable_by_mosquitto(broker.key)
+        _readable_by_mosquitto(broker.key, self.ca.ca_file)
         self.gateway = self.ca.issue(GATEWAY_ID)
         consumer = self.ca.issue("consumer")
         (work / "mosquitto").mkdir(exist_ok=True)

@@ -1,19 +1,17 @@
-"""A throwaway lab CA for one QEMU check run: the broker's server certificate (valid for
-the name the guest uses, `broker`, and host loopback) and client certificates whose CN
-is the MQTT user name the broker's ACL checks. Keys are written 0600."""
+"""A throwaway lab CA for one QEMU check run, made with the provisioning CLI the way an
+operator would (`citysense-provision ca init`, `ca broker-cert`, `gateway-cert`): the
+broker's server certificate (valid for `broker`, the name the guest uses, and host
+loopback) and client certificates whose CN is the MQTT user name the broker's ACL checks.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import os
+import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
 @dataclass(frozen=True)
@@ -22,66 +20,38 @@ class Pair:
     key: Path
 
 
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    data = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
+def _provision() -> list[str]:
+    exe = shutil.which("citysense-provision") or str(
+        Path(sys.executable).with_name("citysense-provision")
     )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    return [exe]
 
 
 class LabCA:
     def __init__(self, workdir: Path) -> None:
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "citysense qemu lab CA")])
-        now = dt.datetime.now(dt.UTC)
-        self.name = name
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=2))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .sign(self.key, hashes.SHA256())
+        self.env = dict(os.environ, CITYSENSE_AUDIT=str(workdir / "audit.jsonl"))
+        self._run("ca", "init", "--dir", str(workdir / "ca"))
+        self.ca_file = workdir / "ca" / "ca.crt"
+
+    def _run(self, *args: str) -> None:
+        proc = subprocess.run(
+            [*_provision(), *args], env=self.env, capture_output=True, text=True, timeout=120
         )
-        self.ca_file = self.dir / "ca.pem"
-        self.ca_file.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"citysense-provision {' '.join(args)}: {proc.stderr.strip() or proc.stdout}"
+            )
 
     def issue(self, cn: str, server: bool = False) -> Pair:
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.UTC)
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-            .issuer_name(self.name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=2))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        )
+        out = self.dir / cn
         if server:
-            sans: list[x509.GeneralName] = [
-                x509.DNSName("broker"),
-                x509.DNSName("localhost"),
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                x509.IPAddress(ipaddress.ip_address("10.0.2.100")),
-            ]
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            usage = ExtendedKeyUsageOID.SERVER_AUTH
-        else:
-            usage = ExtendedKeyUsageOID.CLIENT_AUTH
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        cert = builder.sign(self.key, hashes.SHA256())
-        pair = Pair(self.dir / f"{cn}.pem", self.dir / f"{cn}.key")
-        pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        _write_key(pair.key, key)
-        return pair
+            names = ["--dns", "broker", "--dns", "localhost", "--ip", "127.0.0.1"]
+            names += ["--ip", "10.0.2.100"]
+            self._run("ca", "broker-cert", "--ca", str(self.dir / "ca"), "--out", str(out), *names)
+            return Pair(out / "broker.crt", out / "broker.key")
+        self._run(
+            "gateway-cert", "--gateway-id", cn, "--out", str(out), "--ca", str(self.dir / "ca")
+        )
+        return Pair(out / "gateway.crt", out / "gateway.key")
