@@ -308,7 +308,7 @@ def run_standin(scn: Scenario) -> None:
     scn.check_sigkill(vm)
     scn.check_watchdog(vm)
     scn.check_security(vm)
-    scn.check_journal(vm, r"standin: started pid=\d+")
+    scn.check_journal(vm, r"standin: started pid=\d+ .* link=ok")
     vm.sh("sync")
     scn.power_cut()
     vm = scn.cold_boot()
