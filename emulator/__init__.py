@@ -1,0 +1,1 @@
+"""citysense-emulator: the real node firmware under the MicroPython unix port."""
