@@ -119,10 +119,21 @@ class Device:
         self.repl = repl
         repl.exec(_PRELUDE, "loading the provisioning helpers")
         self.platform = repl.exec("print(sys.platform)", "reading sys.platform").strip()
+        if self.is_emulator:
+            self._check_emulator_root()
 
     @property
     def is_emulator(self) -> bool:
         return self.platform == "linux"
+
+    def _check_emulator_root(self) -> None:
+        """The unix port must see its flash folder as /, never the host's root."""
+        out = self.run("print('proc' in os.listdir('/'))", "checking the emulator's root")
+        if out.strip() != "False":
+            raise DeviceError(
+                "the emulator's / is the host's root (its flash folder is not mounted),"
+                " refusing to write there: restart citysense-emulator repl"
+            )
 
     def run(self, code: str, doing: str, timeout: float | None = None) -> str:
         return self.repl.exec(code, doing, timeout)

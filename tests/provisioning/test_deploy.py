@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 from conftest import NodeRepl, assert_one_line_error, mpremote, run_cli
 from support import FIRMWARE_LIB, REPO

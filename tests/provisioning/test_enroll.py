@@ -31,8 +31,17 @@ def operator_pub(tmp: Path) -> Path:
 
 def enroll(node: NodeRepl, registry: Path, *extra: str) -> dict[str, object]:
     op = operator_pub(registry.parent)
-    res = run_cli("enroll", "--port", str(node.port), "--registry", str(registry), "--json",
-                  "--operator-pub", str(op), *extra)  # fmt: skip
+    res = run_cli(
+        "enroll",
+        "--port",
+        str(node.port),
+        "--registry",
+        str(registry),
+        "--json",
+        "--operator-pub",
+        str(op),
+        *extra,
+    )
     assert res.code == 0, res.err
     summary: dict[str, object] = json.loads(res.out)
     return summary
@@ -56,10 +65,26 @@ def test_enroll_key_made_on_device_matches_registry(
     assert run_cli("operator-key", "init", "--out", str(op)).code == 0
     registry = tmp_path / "registry"
     res = run_cli(
-        "enroll", "--port", str(node.port), "--registry", str(registry),
-        "--operator-pub", f"{op}.pub", "--interval", "30", "--batch", "4",
-        "--link-uart", "1", "--tx", "4", "--rx", "5", "--baud", "57600",
-    )  # fmt: skip
+        "enroll",
+        "--port",
+        str(node.port),
+        "--registry",
+        str(registry),
+        "--operator-pub",
+        f"{op}.pub",
+        "--interval",
+        "30",
+        "--batch",
+        "4",
+        "--link-uart",
+        "1",
+        "--tx",
+        "4",
+        "--rx",
+        "5",
+        "--baud",
+        "57600",
+    )
     assert res.code == 0, res.err
     device_id = "esp32-a1b2c3d4e5f6"  # default id from hal.unique_id()
     entry = json.loads((registry / f"{device_id}.json").read_text())
@@ -117,8 +142,17 @@ def test_reenroll_replace_revoke_list_verify(node_factory, tmp_path: Path) -> No
     second: NodeRepl = node_factory("second", "1a1b1c1d1e1f")
     deploy(second)
     before = (registry / "kerb-7.json").read_text()
-    res = run_cli("enroll", "--port", str(second.port), "--registry", str(registry),
-                  "--device-id", "kerb-7", "--operator-pub", str(operator_pub(tmp_path)))  # fmt: skip
+    res = run_cli(
+        "enroll",
+        "--port",
+        str(second.port),
+        "--registry",
+        str(registry),
+        "--device-id",
+        "kerb-7",
+        "--operator-pub",
+        str(operator_pub(tmp_path)),
+    )
     assert_one_line_error(res, "kerb-7 is already enrolled with a different key", "--replace")
     assert (registry / "kerb-7.json").read_text() == before
 
@@ -152,14 +186,16 @@ def test_reenroll_replace_revoke_list_verify(node_factory, tmp_path: Path) -> No
     assert rv.code == 0 and "kerb-7 revoked at" in rv.out
     listed = json.loads(run_cli("registry", "list", "--registry", str(registry), "--json").out)
     assert [(e["device_id"], e["status"]) for e in listed] == [("kerb-7", "revoked")]
-    shown = json.loads(run_cli("registry", "show", "kerb-7", "--registry", str(registry),
-                               "--json").out)  # fmt: skip
+    shown = json.loads(
+        run_cli("registry", "show", "kerb-7", "--registry", str(registry), "--json").out
+    )
     assert shown["revoked_at"] is not None and shown["public_key"] == s2["public_key"]
     human = run_cli("registry", "list", "--registry", str(registry))
     assert human.out.splitlines()[-1] == "1 device(s)"
     gone = run_cli("verify", "--port", str(second.port), "--registry", str(registry))
     assert_one_line_error(gone, "verify failed: device kerb-7 is revoked in the registry")
     # a revoked id takes a new key only with --replace
-    res = run_cli("enroll", "--port", str(second.port), "--registry", str(registry),
-                  "--device-id", "kerb-7")  # fmt: skip
+    res = run_cli(
+        "enroll", "--port", str(second.port), "--registry", str(registry), "--device-id", "kerb-7"
+    )
     assert_one_line_error(res, "kerb-7 is revoked in the registry", "--replace")
