@@ -1,0 +1,322 @@
+"""The whole system on one machine, from the real parts.
+
+A `Lab` makes a certificate authority and certificates with `citysense-provision`, starts
+a real broker (Mosquitto with mTLS and an ACL when it is installed, else amqtt), enrolls
+emulated nodes through their REPL exactly as a technician would (`deploy`, `enroll`),
+runs them with `citysense-emulator run`, runs the gateway as a process and verifies
+everything that reaches the broker with an independent consumer. Every process is in its
+own process group and is stopped by `close()`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .broker import AmqttBroker, BrokerTLS, Mosquitto, acl_for, have_mosquitto
+from .consumer import Consumer
+from .noise import NoiseConfig, NoiseProxy
+from .procs import Proc, Reaper, wait_until
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tool(name: str) -> str:
+    """A console script of this installation (next to the running interpreter)."""
+    exe = Path(sys.executable).parent / name
+    if exe.exists():
+        return str(exe)
+    found = shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"{name} not found: install citysense (scripts/setup.sh)")
+    return found
+
+
+class LabError(RuntimeError):
+    pass
+
+
+@dataclass
+class Node:
+    index: int
+    device_id: str
+    unique_id: str
+    flash: Path
+    link: Path  # the emulator's own pty
+    gateway_link: Path  # what the gateway opens (the noise proxy's pty, or `link`)
+    log: Path
+    proc: Proc | None = None
+    proxy: NoiseProxy | None = None
+    public_key: bytes = b""
+
+    def events(self) -> list[dict[str, Any]]:
+        """The node's own event log (JSON lines the emulator prints)."""
+        out: list[dict[str, Any]] = []
+        try:
+            text = self.log.read_text(errors="replace")
+        except FileNotFoundError:
+            return out
+        for line in text.splitlines():
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    continue
+        return out
+
+    def created_seqs(self) -> list[int]:
+        return [int(e["seq"]) for e in self.events() if e.get("ev") == "record"]
+
+
+@dataclass
+class LabOptions:
+    nodes: int = 3
+    gateway_id: str = "gw-01"
+    interval_s: int = 2
+    batch: int = 1
+    broker: str = "auto"  # auto | mosquitto | amqtt
+    queue_max_bytes: str = "64MB"
+    noise: NoiseConfig | None = None
+    heap: str = "96k"
+    metrics: bool = True
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class Lab:
+    def __init__(self, workdir: Path, opts: LabOptions, say: Callable[[str], None] = print):
+        self.dir = workdir
+        self.opts = opts
+        self.say = say
+        self.reaper = Reaper()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.registry = self.dir / "registry"
+        self.registry.mkdir(exist_ok=True)
+        self.state = self.dir / "gateway-state"
+        self.links = self.dir / "links"
+        self.links.mkdir(exist_ok=True)
+        self.env = dict(os.environ, CITYSENSE_AUDIT=str(self.dir / "audit.jsonl"))
+        self.env.update(opts.extra_env)
+        self.nodes: list[Node] = []
+        self.broker: Mosquitto | AmqttBroker | None = None
+        self.broker_port = _free_port()
+        self.metrics_port = _free_port()
+        self.gateway: Proc | None = None
+        self.gateway_starts = 0
+        self.consumer: Consumer | None = None
+        self.op_key = self.dir / "operator" / "operator.key"
+
+    # -- set-up ------------------------------------------------------------------------
+    def provision(self, *args: str, timeout: float = 60.0) -> str:
+        argv = [tool("citysense-provision"), *args]
+        res = subprocess.run(
+            argv, env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if res.returncode != 0:
+            raise LabError(f"{' '.join(argv[1:3])}: {(res.stderr or res.stdout).strip()}")
+        return res.stdout
+
+    def make_pki(self) -> None:
+        pki = self.dir / "pki"
+        self.provision("ca", "init", "--dir", str(pki / "ca"))
+        self.provision(
+            "ca", "broker-cert", "--ca", str(pki / "ca"), "--out", str(pki / "broker"),
+            "--dns", "localhost", "--ip", "127.0.0.1",
+        )  # fmt: skip
+        for who in (self.opts.gateway_id, "consumer"):
+            self.provision(
+                "gateway-cert", "--gateway-id", who, "--out", str(pki / who),
+                "--ca", str(pki / "ca"),
+            )  # fmt: skip
+        self.op_key.parent.mkdir(exist_ok=True)
+        self.provision("operator-key", "init", "--out", str(self.op_key))
+
+    def tls(self, who: str) -> BrokerTLS:
+        pki = self.dir / "pki"
+        if who == "broker":
+            return BrokerTLS(pki / "ca" / "ca.crt", pki / "broker" / "broker.crt",
+                             pki / "broker" / "broker.key")  # fmt: skip
+        return BrokerTLS(
+            pki / "ca" / "ca.crt", pki / who / "gateway.crt", pki / who / "gateway.key"
+        )
+
+    def start_broker(self) -> None:
+        kind = self.opts.broker
+        if kind == "auto":
+            kind = "mosquitto" if have_mosquitto() else "amqtt"
+        bdir = self.dir / "broker"
+        bdir.mkdir(exist_ok=True)
+        if kind == "mosquitto":
+            self.broker = Mosquitto(
+                bdir, self.broker_port, self.tls("broker"), acl_for([self.opts.gateway_id])
+            )
+        else:
+            self.broker = AmqttBroker(bdir, self.broker_port, self.tls("broker"))
+        self.broker.start()
+
+    def enroll_node(self, i: int) -> Node:
+        device_id = f"node-{i + 1}"
+        uid = f"02c17e{i + 1:06x}"
+        flash = self.dir / "flash" / device_id
+        flash.mkdir(parents=True, exist_ok=True)
+        repl = self.dir / "links" / f"{device_id}.repl"
+        proc = self.reaper.add(
+            Proc(
+                f"repl-{device_id}",
+                [tool("citysense-emulator"), "repl", "--flash", str(flash), "--port", str(repl),
+                 "--unique-id", uid],
+                self.dir / f"{device_id}-repl.log",
+                env=self.env,
+            ).start()
+        )  # fmt: skip
+        try:
+            wait_until(repl.exists, 20, f"the REPL pty of {device_id}")
+            self.provision("deploy", "--port", str(repl), "--source", timeout=120)
+            out = self.provision(
+                "enroll", "--port", str(repl), "--registry", str(self.registry),
+                "--device-id", device_id, "--operator-pub", f"{self.op_key}.pub",
+                "--interval", str(self.opts.interval_s), "--batch", str(self.opts.batch),
+                "--json",
+            )  # fmt: skip
+        finally:
+            proc.stop(timeout=5)
+        summary = json.loads(out)
+        node = Node(
+            index=i,
+            device_id=device_id,
+            unique_id=uid,
+            flash=flash,
+            link=self.links / f"{device_id}.node",
+            gateway_link=self.links / f"{device_id}.tty",
+            log=self.dir / f"{device_id}.log",
+            public_key=bytes.fromhex(self.registry_key(device_id)),
+        )
+        del summary
+        self.nodes.append(node)
+        return node
+
+    def registry_key(self, device_id: str) -> str:
+        entry = json.loads((self.registry / f"{device_id}.json").read_text())
+        return str(entry["public_key"])
+
+    def keys(self) -> dict[str, bytes]:
+        return {n.device_id: n.public_key for n in self.nodes}
+
+    # -- running -----------------------------------------------------------------------
+    def start_node(self, node: Node) -> None:
+        target = node.link if self.opts.noise is not None else node.gateway_link
+        node.proc = self.reaper.add(
+            Proc(
+                f"node-{node.device_id}",
+                [tool("citysense-emulator"), "run", "--flash", str(node.flash), "--link",
+                 str(target), "--unique-id", node.unique_id, "--heap", self.opts.heap,
+                 "--seed", str(node.index + 1)],
+                node.log,
+                env=self.env,
+            ).start()
+        )  # fmt: skip
+        wait_until(target.exists, 20, f"the link pty of {node.device_id}")
+        if self.opts.noise is not None and node.proxy is None:
+            node.proxy = NoiseProxy(node.link, node.gateway_link, self.opts.noise, node.index + 7)
+            node.proxy.start()
+
+    def power_cut(self, node: Node) -> None:
+        if node.proc is not None:
+            node.proc.kill9()
+
+    def gateway_config(self) -> Path:
+        tls = self.tls(self.opts.gateway_id)
+        text = f"""
+[gateway]
+id = "{self.opts.gateway_id}"
+state_dir = "{self.state}"
+registry = "{self.registry}"
+operator_key = "{self.op_key}.pub"
+
+[[serial]]
+port = "{self.links}/*.tty"
+baud = 115200
+
+[uplink]
+url = "mqtts://localhost:{self.broker_port}"
+ca_file = "{tls.ca_file}"
+cert_file = "{tls.cert_file}"
+key_file = "{tls.key_file}"
+
+[queue]
+max_bytes = "{self.opts.queue_max_bytes}"
+"""
+        if self.opts.metrics:
+            text += f'\n[metrics]\nlisten = "127.0.0.1:{self.metrics_port}"\n'
+        path = self.dir / "gateway.toml"
+        path.write_text(text)
+        return path
+
+    def start_gateway(self) -> None:
+        cfg = self.gateway_config()
+        self.gateway_starts += 1
+        self.gateway = self.reaper.add(
+            Proc(
+                f"gateway-{self.gateway_starts}",
+                [tool("citysense-gateway"), "run", "--config", str(cfg)],
+                self.dir / "gateway.log",
+                env=self.env,
+            ).start()
+        )
+
+    def kill_gateway(self) -> None:
+        if self.gateway is not None:
+            self.gateway.kill9()
+            self.gateway = None
+
+    def gateway_status(self) -> dict[str, Any]:
+        res = subprocess.run(
+            [tool("citysense-gateway"), "status", "--config", str(self.dir / "gateway.toml"),
+             "--json"],
+            env=self.env, capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        if res.returncode != 0:
+            raise LabError(f"gateway status: {(res.stderr or res.stdout).strip()}")
+        data: dict[str, Any] = json.loads(res.stdout)
+        return data
+
+    def start_consumer(self) -> Consumer:
+        self.consumer = Consumer(self.broker_port, self.keys(), self.tls("consumer"))
+        self.consumer.start()
+        return self.consumer
+
+    def up(self) -> None:
+        """Everything, in the order a deployment would bring it up."""
+        self.say("certificates: CA, broker, gateway, consumer; operator key")
+        self.make_pki()
+        self.say("broker: starting")
+        self.start_broker()
+        for i in range(self.opts.nodes):
+            node = self.enroll_node(i)
+            self.say(f"enrolled {node.device_id} through its REPL")
+        self.start_consumer()
+        for node in self.nodes:
+            self.start_node(node)
+        self.start_gateway()
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.stop()
+        for node in self.nodes:
+            if node.proxy is not None:
+                node.proxy.stop()
+        self.reaper.stop_all()
+        if self.broker is not None:
+            self.broker.stop()
