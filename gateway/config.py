@@ -1,0 +1,320 @@
+"""Gateway configuration: TOML, validated at start with one error line per problem."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*$", re.IGNORECASE)
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+    "TB": 1000**4,
+    "KIB": 1024,
+    "MIB": 1024**2,
+    "GIB": 1024**3,
+    "TIB": 1024**4,
+    "K": 1000,
+    "M": 1000**2,
+    "G": 1000**3,
+    "T": 1000**4,
+}
+_MIN_QUEUE = 64 * 1024
+
+
+class ConfigError(Exception):
+    """The configuration is not usable; `.problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class SerialConfig:
+    port: str
+    baud: int = 115200
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkConfig:
+    url: str
+    host: str
+    port: int
+    tls: bool
+    client_id: str
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    window: int = 32
+    keepalive: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    gateway_id: str
+    state_dir: Path
+    registry: Path
+    serial: tuple[SerialConfig, ...]
+    uplink: UplinkConfig
+    queue_max_bytes: int = 512 * 1000**2
+    commit_max_records: int = 256
+    commit_max_delay_s: float = 0.005
+    metrics_listen: tuple[str, int] | None = None
+    operator_key: bytes | None = None
+    operator_key_path: Path | None = None
+    time_interval_s: float = 3600.0
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "queue.sqlite3"
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "status.json"
+
+
+def parse_size(text: object) -> int:
+    """`"512MB"`, `"64 MiB"`, `1048576` -> bytes; ValueError on anything else."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text <= 0:
+            raise ValueError(f"expected a positive size, got {text}")
+        return text
+    if not isinstance(text, str):
+        raise ValueError(f"expected a size such as '512MB', got {text!r}")
+    m = _SIZE_RE.match(text)
+    unit = m.group(2).upper() if m else ""
+    if m is None or unit not in _UNITS:
+        raise ValueError(f"expected a size such as '512MB' or '64MiB', got {text!r}")
+    value = int(float(m.group(1)) * _UNITS[unit])
+    if value <= 0:
+        raise ValueError(f"expected a positive size, got {text!r}")
+    return value
+
+
+class _Reader:
+    """Collects problems while reading typed values out of the TOML tree."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+        self.problems: list[str] = []
+
+    def table(self, name: str, *, required: bool = True) -> dict[str, Any]:
+        value = self.data.get(name)
+        if value is None:
+            if required:
+                self.problems.append(f"[{name}]: missing table")
+            return {}
+        if not isinstance(value, dict):
+            self.problems.append(f"{name}: expected a table, got {type(value).__name__}")
+            return {}
+        return value
+
+    def str_(
+        self, t: dict[str, Any], prefix: str, key: str, *, required: bool = True
+    ) -> str | None:
+        value = t.get(key)
+        if value is None:
+            if required:
+                self.problems.append(f"{prefix}.{key}: missing")
+            return None
+        if not isinstance(value, str) or not value:
+            self.problems.append(f"{prefix}.{key}: expected a non-empty string, got {value!r}")
+            return None
+        return value
+
+    def int_(self, t: dict[str, Any], prefix: str, key: str, default: int, lo: int, hi: int) -> int:
+        value = t.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            self.problems.append(f"{prefix}.{key}: expected an integer {lo}..{hi}, got {value!r}")
+            return default
+        return value
+
+    def file_(self, t: dict[str, Any], prefix: str, key: str, *, required: bool) -> Path | None:
+        text = self.str_(t, prefix, key, required=required)
+        if text is None:
+            return None
+        path = Path(text)
+        if not path.is_file():
+            self.problems.append(f"{prefix}.{key}: file not found: {text}")
+            return None
+        return path
+
+    def unknown(self, t: dict[str, Any], prefix: str, known: set[str]) -> None:
+        for key in sorted(set(t) - known):
+            self.problems.append(f"{prefix}.{key}: unknown key")
+
+
+def _read_gateway(r: _Reader) -> tuple[str, Path, Path, bytes | None, Path | None]:
+    g = r.table("gateway")
+    r.unknown(g, "gateway", {"id", "state_dir", "registry", "operator_key"})
+    gid = r.str_(g, "gateway", "id") or "?"
+    if gid != "?" and not _ID_RE.match(gid):
+        r.problems.append(
+            f"gateway.id: expected letters, digits, '.', '_' or '-' (1-64, no '/', '+', '#'), "
+            f"got {gid!r}"
+        )
+    state_dir = Path(r.str_(g, "gateway", "state_dir") or ".")
+    registry = Path(r.str_(g, "gateway", "registry") or ".")
+    if "registry" in g and not registry.is_dir():
+        r.problems.append(f"gateway.registry: not a directory: {registry}")
+    op_path = r.file_(g, "gateway", "operator_key", required=False)
+    op_key = None
+    if op_path is not None:
+        text = op_path.read_text(errors="replace").strip()
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
+            r.problems.append(
+                f"gateway.operator_key: expected 64 hex chars (a .pub file) in {op_path}"
+            )
+        else:
+            op_key = bytes.fromhex(text)
+    return gid, state_dir, registry, op_key, op_path
+
+
+def _read_serial(r: _Reader) -> tuple[SerialConfig, ...]:
+    items = r.data.get("serial", [])
+    if not isinstance(items, list):
+        r.problems.append("serial: expected [[serial]] tables")
+        return ()
+    out = []
+    for i, t in enumerate(items):
+        prefix = f"serial[{i}]"
+        if not isinstance(t, dict):
+            r.problems.append(f"{prefix}: expected a table")
+            continue
+        r.unknown(t, prefix, {"port", "baud"})
+        port = r.str_(t, prefix, "port")
+        baud = r.int_(t, prefix, "baud", 115200, 1200, 4_000_000)
+        if port is not None:
+            if not port.startswith("/"):
+                r.problems.append(f"{prefix}.port: expected an absolute path or glob, got {port!r}")
+            out.append(SerialConfig(port, baud))
+    return tuple(out)
+
+
+def _read_uplink(r: _Reader, gid: str) -> UplinkConfig:
+    u = r.table("uplink")
+    r.unknown(
+        u,
+        "uplink",
+        {
+            "url",
+            "ca_file",
+            "cert_file",
+            "key_file",
+            "client_id",
+            "username",
+            "password",
+            "window",
+            "keepalive",
+        },
+    )
+    url = r.str_(u, "uplink", "url") or ""
+    parts = urlsplit(url)
+    host, port, tls = "", 0, False
+    if url and parts.scheme not in ("mqtt", "mqtts"):
+        r.problems.append(f"uplink.url: expected mqtt:// or mqtts://, got {url!r}")
+    elif url:
+        tls = parts.scheme == "mqtts"
+        host = parts.hostname or ""
+        try:
+            port = parts.port or (8883 if tls else 1883)
+        except ValueError:
+            r.problems.append(f"uplink.url: bad port in {url!r}")
+        if not host:
+            r.problems.append(f"uplink.url: missing host in {url!r}")
+    ca = r.file_(u, "uplink", "ca_file", required=tls)
+    cert = r.file_(u, "uplink", "cert_file", required=tls)
+    key = r.file_(u, "uplink", "key_file", required=tls)
+    if (cert is None) != (key is None) and not tls:
+        r.problems.append("uplink.cert_file/key_file: give both or neither")
+    return UplinkConfig(
+        url=url,
+        host=host,
+        port=port,
+        tls=tls,
+        client_id=r.str_(u, "uplink", "client_id", required=False) or f"citysense-{gid}",
+        ca_file=ca,
+        cert_file=cert,
+        key_file=key,
+        username=r.str_(u, "uplink", "username", required=False),
+        password=r.str_(u, "uplink", "password", required=False),
+        window=r.int_(u, "uplink", "window", 32, 1, 1000),
+        keepalive=r.int_(u, "uplink", "keepalive", 30, 5, 3600),
+    )
+
+
+def _read_listen(r: _Reader) -> tuple[str, int] | None:
+    m = r.table("metrics", required=False)
+    r.unknown(m, "metrics", {"listen"})
+    listen = r.str_(m, "metrics", "listen", required=False)
+    if listen is None:
+        return None
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        r.problems.append(f"metrics.listen: expected HOST:PORT, got {listen!r}")
+        return None
+    return host.strip("[]"), int(port_text)
+
+
+def _read_queue(r: _Reader) -> tuple[int, int, float]:
+    q = r.table("queue", required=False)
+    r.unknown(q, "queue", {"max_bytes", "commit_max_records", "commit_max_delay_ms"})
+    max_bytes = 512 * 1000**2
+    if "max_bytes" in q:
+        try:
+            max_bytes = parse_size(q["max_bytes"])
+        except ValueError as exc:
+            r.problems.append(f"queue.max_bytes: {exc}")
+        else:
+            if max_bytes < _MIN_QUEUE:
+                r.problems.append(f"queue.max_bytes: at least {_MIN_QUEUE} bytes, got {max_bytes}")
+    n = r.int_(q, "queue", "commit_max_records", 256, 1, 10000)
+    delay = r.int_(q, "queue", "commit_max_delay_ms", 5, 0, 1000)
+    return max_bytes, n, delay / 1000.0
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate; raises ConfigError listing every problem found."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text"]) from exc
+    r = _Reader(data)
+    r.unknown(data, "", {"gateway", "serial", "uplink", "queue", "metrics"})
+    r.problems = [p.lstrip(".") for p in r.problems]
+    gid, state_dir, registry, op_key, op_path = _read_gateway(r)
+    serial = _read_serial(r)
+    uplink = _read_uplink(r, gid)
+    max_bytes, n, delay = _read_queue(r)
+    listen = _read_listen(r)
+    if r.problems:
+        raise ConfigError(r.problems)
+    return Config(
+        gateway_id=gid,
+        state_dir=state_dir,
+        registry=registry,
+        serial=serial,
+        uplink=uplink,
+        queue_max_bytes=max_bytes,
+        commit_max_records=n,
+        commit_max_delay_s=delay,
+        metrics_listen=listen,
+        operator_key=op_key,
+        operator_key_path=op_path,
+    )

@@ -1,0 +1,270 @@
+"""MQTT uplink: forward queued records (QoS 1, windowed), status, commands down."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import ssl
+import time
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from .config import UplinkConfig
+from .metrics import Metrics
+from .pipeline import Pipeline
+from .protocol import FrameType, ProtocolError, decode_command, encode_frame
+from .queue import QueuedRecord
+
+log = logging.getLogger("citysense.uplink")
+
+CONTENT_TYPE = 'application/cose; cose-type="cose-sign1"'
+BACKOFF_MIN = 0.5
+BACKOFF_MAX = 60.0
+_V5_REFUSED = {1, 132}  # 3.1.1 "unacceptable protocol version"; v5 "Unsupported Protocol Version"
+
+
+def topic_records(gw: str, device: str) -> str:
+    return f"citysense/v1/{gw}/{device}/records"
+
+
+class Uplink:
+    def __init__(
+        self,
+        cfg: UplinkConfig,
+        gateway_id: str,
+        pipeline: Pipeline,
+        metrics: Metrics,
+        operator_key: bytes | None,
+    ) -> None:
+        self.cfg = cfg
+        self.gw = gateway_id
+        self.pipeline = pipeline
+        self.queue = pipeline.queue
+        self.metrics = metrics
+        self.operator_key = operator_key
+        self.state = "starting"
+        self.protocol = aiomqtt.ProtocolVersion.V5
+        self.heartbeat = time.monotonic()
+        self.last_error: str | None = None
+        self.results: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=1000)
+        self._done: list[QueuedRecord] = []
+        self.connected_since: float | None = None
+
+    def publish_result(self, device: str, body: bytes) -> None:
+        """COMMAND_RESULT bytes to send up (best effort, bounded)."""
+        try:
+            self.results.put_nowait((device, body))
+        except asyncio.QueueFull:
+            self.metrics.commands["result-dropped"] += 1
+
+    def _tls(self) -> ssl.SSLContext | None:
+        if not self.cfg.tls:
+            return None
+        ctx = ssl.create_default_context(cafile=str(self.cfg.ca_file) if self.cfg.ca_file else None)
+        if self.cfg.cert_file and self.cfg.key_file:
+            ctx.load_cert_chain(str(self.cfg.cert_file), str(self.cfg.key_file))
+        return ctx
+
+    def _status(self, online: bool) -> bytes:
+        return json.dumps(
+            {
+                "state": "online" if online else "offline",
+                "gateway": self.gw,
+                "since": int(time.time()),
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    def _client(self) -> aiomqtt.Client:
+        return aiomqtt.Client(
+            self.cfg.host,
+            self.cfg.port,
+            identifier=self.cfg.client_id,
+            username=self.cfg.username,
+            password=self.cfg.password,
+            protocol=self.protocol,
+            will=aiomqtt.Will(f"citysense/v1/{self.gw}/status", self._status(False), 1, True),
+            tls_context=self._tls(),
+            keepalive=self.cfg.keepalive,
+            timeout=10,
+            max_inflight_messages=self.cfg.window,
+            clean_session=True if self.protocol != aiomqtt.ProtocolVersion.V5 else None,
+        )
+
+    async def run(self) -> None:
+        backoff = BACKOFF_MIN
+        while True:
+            self.heartbeat = time.monotonic()
+            try:
+                self.state = "connecting"
+                async with self._client() as client:
+                    self.state = "connected"
+                    self.connected_since = time.time()
+                    self.metrics.uplink_connected = 1
+                    log.info(
+                        "event=uplink-connected host=%s port=%d protocol=%s",
+                        self.cfg.host,
+                        self.cfg.port,
+                        self.protocol.name,
+                    )
+                    backoff = BACKOFF_MIN
+                    await self._session(client)
+            except aiomqtt.MqttError as exc:
+                self.last_error = str(exc)
+                rc = getattr(exc, "rc", None)
+                code = getattr(rc, "value", rc)
+                if self.protocol == aiomqtt.ProtocolVersion.V5 and code in _V5_REFUSED:
+                    log.warning("event=uplink-v5-refused action='falling back to MQTT 3.1.1'")
+                    self.protocol = aiomqtt.ProtocolVersion.V311
+                    continue
+                log.warning("event=uplink-lost error=%s retry_in=%.1fs", exc, backoff)
+            except (OSError, ssl.SSLError) as exc:
+                self.last_error = str(exc)
+                log.warning("event=uplink-lost error=%s retry_in=%.1fs", exc, backoff)
+            finally:
+                self.metrics.uplink_connected = 0
+                self.connected_since = None
+                await self._flush_done()
+            self.state = "disconnected"
+            await self._sleep_beating(backoff * random.uniform(0.5, 1.0))
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _sleep_beating(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            self.heartbeat = time.monotonic()
+            await asyncio.sleep(min(left, 1.0))
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        await client.publish(f"citysense/v1/{self.gw}/status", self._status(True), 1, True)
+        if self.operator_key is not None:
+            await client.subscribe(f"citysense/v1/{self.gw}/+/commands", qos=1)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._publisher(client), name="uplink-publisher")
+                tg.create_task(self._commands(client), name="uplink-commands")
+                tg.create_task(self._results(client), name="uplink-results")
+        except ExceptionGroup as eg:
+            raise first_leaf(eg) from eg
+
+    def _properties(self, rec: QueuedRecord) -> Properties | None:
+        if self.protocol != aiomqtt.ProtocolVersion.V5:
+            return None
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.ContentType = CONTENT_TYPE
+        user = [("gw-received-ms", str(rec.received_ms))]
+        if rec.meta:
+            resolved = json.loads(rec.meta).get("resolved")
+            if resolved:
+                user.append(("resolved-time", ",".join(f"{t:.3f}" for t in resolved)))
+        props.UserProperty = user
+        return props
+
+    async def _publisher(self, client: aiomqtt.Client) -> None:
+        window = asyncio.Semaphore(self.cfg.window)
+        cursor = 0
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                self.heartbeat = time.monotonic()
+                rows = await self.pipeline.run_db(self.queue.peek, cursor, self.cfg.window)
+                if not rows:
+                    await self._flush_done()
+                    self.pipeline.stored_event.clear()
+                    try:
+                        await asyncio.wait_for(self.pipeline.stored_event.wait(), 0.5)
+                    except TimeoutError:
+                        pass
+                    continue
+                for rec in rows:
+                    while True:
+                        try:
+                            await asyncio.wait_for(window.acquire(), 1.0)
+                            break
+                        except TimeoutError:
+                            self.heartbeat = time.monotonic()
+                            await self._flush_done()
+                    tg.create_task(self._publish_one(client, rec, window))
+                    cursor = rec.id
+                if len(self._done) >= self.cfg.window:
+                    await self._flush_done()
+
+    async def _publish_one(
+        self, client: aiomqtt.Client, rec: QueuedRecord, window: asyncio.Semaphore
+    ) -> None:
+        try:
+            await client.publish(
+                topic_records(self.gw, rec.device_id),
+                rec.data,
+                qos=1,
+                properties=self._properties(rec),
+                timeout=30,
+            )
+        except aiomqtt.MqttError:
+            self.metrics.publish_errors += 1
+            raise
+        finally:
+            window.release()
+        self.metrics.published += 1
+        self.metrics.observe_publish(max(0.0, time.time() - rec.received_ms / 1000))
+        self._done.append(rec)
+
+    async def _flush_done(self) -> None:
+        if not self._done:
+            return
+        done, self._done = self._done, []
+        await self.pipeline.run_db(self.queue.delete, [r.id for r in done])
+
+    async def _results(self, client: aiomqtt.Client) -> None:
+        while True:
+            device, body = await self.results.get()
+            await client.publish(f"citysense/v1/{self.gw}/{device}/command-results", body, qos=1)
+
+    async def _commands(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            parts = str(message.topic).split("/")
+            payload = message.payload
+            if len(parts) != 5 or not isinstance(payload, bytes | bytearray):
+                self.metrics.commands["malformed"] += 1
+                continue
+            self.deliver_command(parts[3], bytes(payload))
+
+    def deliver_command(self, device: str, payload: bytes) -> str:
+        """Check the operator signature and send the COMMAND to the node's current port."""
+        outcome = _check_command(self.operator_key, payload)
+        if outcome == "ok":
+            dev = self.pipeline.devices.get(device)
+            if dev is None or dev.link is None:
+                outcome = "no-route"
+            else:
+                try:
+                    dev.link.send(encode_frame(FrameType.COMMAND, payload))
+                except ProtocolError:
+                    outcome = "oversize"
+                else:
+                    outcome = "delivered"
+        self.metrics.commands[outcome] += 1
+        level = logging.INFO if outcome == "delivered" else logging.WARNING
+        log.log(level, "event=command device=%s outcome=%s", device, outcome)
+        return outcome
+
+
+def _check_command(operator_key: bytes | None, payload: bytes) -> str:
+    if operator_key is None:
+        return "no-operator-key"
+    try:
+        decode_command(operator_key, payload)
+    except ProtocolError as exc:
+        return exc.reason
+    return "ok"
+
+
+def first_leaf(eg: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first real exception inside (possibly nested) exception groups."""
+    exc: BaseException = eg
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

@@ -1,0 +1,444 @@
+"""Helpers for the gateway tests: keys, registry entries, records, ptys, Mosquitto."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tty
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.x509.oid import NameOID
+from support import REPO, free_port
+
+from gateway.protocol import (
+    Frame,
+    FrameDecoder,
+    FrameType,
+    Hello,
+    ProtocolError,
+    encode_frame,
+    encode_hello,
+    encode_record_payload,
+    sign1,
+)
+from gateway.protocol.record import RecordPayload
+
+MOSQUITTO = "/usr/sbin/mosquitto"
+
+
+@dataclass
+class Node:
+    device_id: str
+    seed: bytes
+
+    @property
+    def public_key(self) -> bytes:
+        return (
+            Ed25519PrivateKey.from_private_bytes(self.seed)
+            .public_key()
+            .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        )
+
+    def record(self, seq: int, *, boot: int = 1, time_base: int = 0, value: float = 21.5) -> bytes:
+        pack = [{-2: f"{self.device_id}/", 0: "temp", 1: "Cel", 2: value, 6: seq}]
+        payload = encode_record_payload(RecordPayload(seq, boot, pack, time_base))
+        return sign1(self.seed, self.device_id.encode(), payload)
+
+    def record_frame(self, seq: int, **kw: object) -> bytes:
+        return encode_frame(FrameType.RECORD, self.record(seq, **kw))  # type: ignore[arg-type]
+
+    def hello_frame(self, boot: int = 1, uptime_ms: int = 1000, highest: int = 0) -> bytes:
+        h = Hello(self.device_id, "test-1.0", boot, "power-on", uptime_ms, highest)
+        return encode_frame(FrameType.HELLO, encode_hello(h))
+
+
+def make_node(device_id: str) -> Node:
+    return Node(device_id, os.urandom(32))
+
+
+def write_entry(registry: Path, node: Node, status: str = "active") -> None:
+    entry = {
+        "device_id": node.device_id,
+        "public_key": node.public_key.hex(),
+        "status": status,
+        "enrolled_at": "2026-11-25T05:00:00Z",
+        "revoked_at": None,
+        "firmware_sha256": None,
+    }
+    tmp = registry / f".{node.device_id}.tmp"
+    tmp.write_text(json.dumps(entry))
+    tmp.rename(registry / f"{node.device_id}.json")
+
+
+def write_config(path: Path, **over: str) -> Path:
+    """A gateway TOML; `over` replaces whole lines `key = ...` in the template."""
+    d = path.parent
+    values = {
+        "id": '"gw-test"',
+        "state_dir": f'"{d / "state"}"',
+        "registry": f'"{d / "registry"}"',
+        "port": f'"{d / "tty*"}"',
+        "url": '"mqtt://127.0.0.1:1"',
+        "max_bytes": '"4MB"',
+        "listen": f'"127.0.0.1:{free_port()}"',
+        "extra_uplink": "",
+        "extra_gateway": "",
+        "extra_queue": "",
+    }
+    values.update(over)
+    (d / "registry").mkdir(exist_ok=True)
+    path.write_text(
+        f"""[gateway]
+id = {values["id"]}
+state_dir = {values["state_dir"]}
+registry = {values["registry"]}
+{values["extra_gateway"]}
+[[serial]]
+port = {values["port"]}
+baud = 115200
+
+[uplink]
+url = {values["url"]}
+{values["extra_uplink"]}
+[queue]
+max_bytes = {values["max_bytes"]}
+{values["extra_queue"]}
+[metrics]
+listen = {values["listen"]}
+"""
+    )
+    return path
+
+
+class Pty:
+    """A raw pty pair; the test holds the master (the node side)."""
+
+    def __init__(self, link: Path) -> None:
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.master)
+        tty.setraw(self.slave)
+        os.set_blocking(self.master, False)
+        self.path = os.ttyname(self.slave)
+        self.link = link
+        link.symlink_to(self.path)
+        self.decoder = FrameDecoder()
+        self.frames: list[Frame] = []
+        self.errors = 0
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        deadline = time.monotonic() + 10
+        while view:
+            try:
+                n = os.write(self.master, view)
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("pty write stuck") from None
+                time.sleep(0.001)
+                continue
+            view = view[n:]
+
+    def poll(self) -> list[Frame]:
+        new: list[Frame] = []
+        while True:
+            try:
+                data = os.read(self.master, 65536)
+            except (BlockingIOError, OSError):
+                break
+            if not data:
+                break
+            self.decoder.feed(data)
+        while True:
+            try:
+                f = self.decoder.next_frame()
+            except ProtocolError:
+                self.errors += 1
+                continue
+            if f is None:
+                break
+            new.append(f)
+        self.frames.extend(new)
+        return new
+
+    def wait_for(self, pred: object, timeout: float = 20.0) -> list[Frame]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.poll()
+            if pred(self.frames):  # type: ignore[operator]
+                return self.frames
+            time.sleep(0.01)
+        raise TimeoutError(f"condition not met; frames: {[f.type.name for f in self.frames][-20:]}")
+
+    def close(self) -> None:
+        for fd in (self.master, self.slave):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with contextlib.suppress(OSError):
+            self.link.unlink()
+
+
+def start_gateway(
+    config: Path, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "run",
+            "--config",
+            str(config),
+            "--log-level",
+            "debug",
+        ],
+        cwd=REPO,
+        env=dict(os.environ, **(env or {})),
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+            raise
+    return proc.returncode
+
+
+# -- Mosquitto -----------------------------------------------------------------------
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    path.chmod(0o600)
+
+
+def make_pki(d: Path, gateway_id: str) -> dict[str, Path]:
+    """A throwaway CA, a broker cert for 127.0.0.1/localhost, a client cert CN=gateway_id."""
+    d.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = _key()
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "citysense test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), True
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    out = {"ca": d / "ca.pem"}
+    out["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+
+    def leaf(name: str, server: bool) -> None:
+        import ipaddress
+
+        key = _key()
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        )
+        if server:
+            b = b.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            )
+        cert = b.sign(ca_key, hashes.SHA256())
+        (d / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        _pem_key(key, d / f"{name}.key")
+        out[f"{name}_cert"] = d / f"{name}.pem"
+        out[f"{name}_key"] = d / f"{name}.key"
+
+    leaf("broker", True)
+    leaf(gateway_id, False)
+    leaf("consumer", False)
+    return out
+
+
+class Mosquitto:
+    def __init__(self, d: Path, *, tls: dict[str, Path] | None = None) -> None:
+        self.dir = d
+        d.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.tls = tls
+        self.proc: subprocess.Popen[bytes] | None = None
+        conf = [
+            "per_listener_settings false",
+            "persistence false",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+            "max_inflight_messages 0",
+            "max_queued_messages 0",
+            f"listener {self.port} 127.0.0.1",
+        ]
+        if tls:
+            acl = d / "acl"
+            acl.write_text(
+                "pattern readwrite citysense/v1/%u/#\n\nuser consumer\ntopic readwrite citysense/#\n"
+            )
+            conf += [
+                f"cafile {tls['ca']}",
+                f"certfile {tls['broker_cert']}",
+                f"keyfile {tls['broker_key']}",
+                "require_certificate true",
+                "use_identity_as_username true",
+                f"acl_file {acl}",
+                "allow_anonymous false",
+            ]
+        else:
+            conf.append("allow_anonymous true")
+        self.conf = d / "mosquitto.conf"
+        self.conf.write_text("\n".join(conf) + "\n")
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.conf)],
+            stdout=(self.dir / "mosquitto.log").open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError((self.dir / "mosquitto.log").read_text())
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.5),
+            ):
+                return
+            time.sleep(0.05)
+        raise TimeoutError("mosquitto did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+
+@contextlib.contextmanager
+def mosquitto(d: Path, tls: dict[str, Path] | None = None) -> Iterator[Mosquitto]:
+    m = Mosquitto(d, tls=tls)
+    try:
+        m.start()
+        yield m
+    finally:
+        m.stop()
+
+
+class Subscriber:
+    """A paho consumer that records every message (topic, payload) in order."""
+
+    def __init__(self, port: int, topic: str, tls: dict[str, Path] | None = None) -> None:
+        import threading
+
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[tuple[str, bytes, object]] = []
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"consumer-{os.getpid()}-{port}",
+            protocol=mqtt.MQTTv5,
+        )
+        if tls:
+            self.client.tls_set(
+                ca_certs=str(tls["ca"]),
+                certfile=str(tls["consumer_cert"]),
+                keyfile=str(tls["consumer_key"]),
+            )
+        subscribed = threading.Event()
+
+        def on_connect(c: object, u: object, f: object, rc: object, p: object = None) -> None:
+            self.client.subscribe(topic, qos=1)
+
+        def on_subscribe(*a: object) -> None:
+            subscribed.set()
+
+        def on_message(c: object, u: object, msg: mqtt.MQTTMessage) -> None:
+            with self._lock:
+                self.messages.append((msg.topic, bytes(msg.payload), msg.properties))
+
+        self.client.on_connect = on_connect
+        self.client.on_subscribe = on_subscribe
+        self.client.on_message = on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        if not subscribed.wait(15):
+            self.close()
+            raise TimeoutError("subscriber did not subscribe")
+
+    def snapshot(self) -> list[tuple[str, bytes, object]]:
+        with self._lock:
+            return list(self.messages)
+
+    def wait_count(
+        self, topic_suffix: str, n: int, timeout: float = 30
+    ) -> list[tuple[str, bytes, object]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = [m for m in self.snapshot() if m[0].endswith(topic_suffix)]
+            if len(got) >= n:
+                return got
+            time.sleep(0.05)
+        raise TimeoutError(f"{len(got)} of {n} messages on *{topic_suffix}")
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def wait_log(log: Path, text: str, timeout: float = 30, count: int = 1) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and log.read_text(errors="replace").count(text) >= count:
+            return
+        time.sleep(0.05)
+    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+    raise TimeoutError(f"log never said {text!r} x{count}:\n{tail}")
