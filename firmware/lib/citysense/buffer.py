@@ -1,0 +1,172 @@
+"""Power-loss-safe record buffer in flash: append-only segment files.
+
+Layout: `data/<8 hex digits>.seg`, numbered upwards. Each entry is
+`0xA5 | length u16 | seq u32 | crc32 u32 | payload`, little-endian, where the CRC
+covers the first 7 header bytes and the payload. Entries are only ever appended; a
+segment is deleted (whole) once an ACK covers all its entries, or when the buffer is
+full and the oldest segment must go (drop-oldest, counted).
+
+Recovery (`open`) scans every segment: it keeps entries up to the first bad or short
+one in a segment and ignores the rest of that segment (what a power cut mid-write
+leaves), and appends after a recovery go to a fresh segment. So a power cut loses at
+most the entry being written, and never an earlier one. Wear: no file is ever
+rewritten; each append is one small write at the end of a file.
+"""
+
+import os
+import struct
+
+from citysense.crc32 import crc32
+
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):  # type: ignore[misc]
+        return x
+
+
+_MAGIC = const(0xA5)
+_HDR = const(11)
+MAX_ENTRY = const(1100)
+
+
+class Buffer:
+    def __init__(self, root="data", seg_size=4096, max_segs=16):
+        self.root = root
+        self.seg_size = seg_size
+        self.max_segs = max_segs
+        self.segs = []  # segment numbers, oldest first
+        self._seqs = []  # pending entries: seq ...
+        self._locs = []  # ... and (segment number << 16) | offset
+        self._active = -1  # segment being appended to, -1: none open yet
+        self._size = 0  # bytes in the active segment
+        self.dropped = 0  # entries lost to drop-oldest since boot
+        self._hdr = bytearray(_HDR)
+
+    def _name(self, seg):
+        return "%s/%08x.seg" % (self.root, seg)
+
+    # ---- recovery ----
+    def open(self):
+        try:
+            os.mkdir(self.root)
+        except OSError:
+            pass
+        names = [n for n in os.listdir(self.root) if n.endswith(".seg") and len(n) == 12]
+        names.sort()
+        for n in names:
+            seg = int(n[:8], 16)
+            self.segs.append(seg)
+            self._scan(seg)
+        return len(self._seqs)
+
+    def _scan(self, seg):
+        hdr = self._hdr
+        off = 0
+        last = self._seqs[-1] if self._seqs else -1
+        with open(self._name(seg), "rb") as f:
+            while True:
+                if f.readinto(hdr) != _HDR or hdr[0] != _MAGIC:
+                    return
+                n, seq = struct.unpack_from("<HI", hdr, 1)
+                if n > MAX_ENTRY:
+                    return
+                body = f.read(n)
+                if len(body) != n:
+                    return
+                want = struct.unpack_from("<I", hdr, 7)[0]
+                if crc32(body, crc32(memoryview(hdr)[:7])) != want or seq <= last:
+                    return
+                self._seqs.append(seq)
+                self._locs.append((seg << 16) | off)
+                last = seq
+                off += _HDR + n
+
+    # ---- append ----
+    def append(self, seq, payload):
+        """Append one entry (a signed record); may drop the oldest segment first."""
+        n = len(payload)
+        if n > MAX_ENTRY:
+            raise ValueError("buffer: entry of %d bytes exceeds %d" % (n, MAX_ENTRY))
+        if self._active < 0 or self._size + _HDR + n > self.seg_size:
+            self._roll()
+        hdr = self._hdr
+        hdr[0] = _MAGIC
+        struct.pack_into("<HI", hdr, 1, n, seq)
+        struct.pack_into("<I", hdr, 7, crc32(payload, crc32(memoryview(hdr)[:7])))
+        with open(self._name(self._active), "ab") as f:
+            f.write(hdr)
+            f.write(payload)
+        self._seqs.append(seq)
+        self._locs.append((self._active << 16) | self._size)
+        self._size += _HDR + n
+
+    def _roll(self):
+        seg = self.segs[-1] + 1 if self.segs else 0
+        while len(self.segs) >= self.max_segs:
+            self._drop_oldest()
+        with open(self._name(seg), "wb"):
+            pass
+        self.segs.append(seg)
+        self._active = seg
+        self._size = 0
+
+    def _drop_oldest(self):
+        seg = self.segs.pop(0)
+        k = 0
+        while k < len(self._locs) and self._locs[k] >> 16 == seg:
+            k += 1
+        self.dropped += k
+        del self._seqs[:k]
+        del self._locs[:k]
+        self._remove(seg)
+
+    def _remove(self, seg):
+        try:
+            os.remove(self._name(seg))
+        except OSError:
+            pass
+
+    # ---- read / ack ----
+    def __len__(self):
+        return len(self._seqs)
+
+    def seq_at(self, i):
+        return self._seqs[i]
+
+    def newest_seq(self):
+        return self._seqs[-1] if self._seqs else 0
+
+    def index_of(self, seq):
+        """Index of the first pending entry with seq >= `seq` (len(self) if none)."""
+        seqs = self._seqs
+        lo, hi = 0, len(seqs)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if seqs[mid] < seq:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    def read(self, i):
+        """The payload of pending entry i (bytes)."""
+        loc = self._locs[i]
+        with open(self._name(loc >> 16), "rb") as f:
+            f.seek((loc & 0xFFFF) + 1)
+            n = struct.unpack("<H", f.read(2))[0]
+            f.seek((loc & 0xFFFF) + _HDR)
+            return f.read(n)
+
+    def ack(self, seq):
+        """Cumulative ACK: forget entries with seq <= `seq`; delete segments all acked."""
+        k = self.index_of(seq + 1)
+        if not k:
+            return 0
+        del self._seqs[:k]
+        del self._locs[:k]
+        first = self._locs[0] >> 16 if self._locs else self._active
+        while self.segs and self.segs[0] != self._active and (first < 0 or self.segs[0] < first):
+            self._remove(self.segs.pop(0))
+        return k
