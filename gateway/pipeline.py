@@ -39,7 +39,7 @@ from .protocol import (
     resolve_times,
     verify_parsed,
 )
-from .queue import NewRecord, Queue, QueueFullError
+from .queue import ROW_OVERHEAD, NewRecord, Queue, QueueFullError
 from .ratelog import RateLimitedLog
 from .registry import Registry
 
@@ -247,7 +247,7 @@ class Pipeline:
         record = NewRecord(device_id, seq, int(time.time() * 1000), body, meta)
         self._pending.append(_Pending(record, link))
         self._pending_high[device_id] = seq
-        self._pending_bytes += len(body)
+        self._pending_bytes += len(body) + ROW_OVERHEAD
         dev.last_seq = seq
         self._wake.set()
 
@@ -328,7 +328,7 @@ class Pipeline:
         self.stored_event.set()
 
     def _drop_pending(self, batch: list[_Pending]) -> None:
-        self._pending_bytes -= sum(len(p.record.data) for p in batch)
+        self._pending_bytes -= sum(len(p.record.data) + ROW_OVERHEAD for p in batch)
         done = {p.record.device_id for p in batch}
         for device in done:
             if not any(p.record.device_id == device for p in self._pending):

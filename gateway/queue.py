@@ -143,6 +143,8 @@ class Queue:
             if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc):
                 raise QueueFullError(f"disk full: {exc}") from exc
             raise
+        except sqlite3.IntegrityError:
+            raise  # a duplicate (device_id, seq): the batch rolled back
         except sqlite3.DatabaseError as exc:
             raise QueueCorruptError(str(exc)) from exc
         self._high = high

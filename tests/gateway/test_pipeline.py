@@ -1,0 +1,176 @@
+"""Verify -> replay check -> group commit -> ACK/NACK, with exact frames out."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from gwsupport import make_node, write_entry
+
+from gateway.metrics import Metrics
+from gateway.pipeline import Pipeline
+from gateway.protocol import (
+    FrameDecoder,
+    FrameType,
+    decode_ack,
+    decode_nack,
+    decode_time,
+    encode_frame,
+    sign1,
+)
+from gateway.queue import Queue
+from gateway.registry import Registry
+
+
+class FakeLink:
+    name = "/dev/ttyFAKE"
+
+    def __init__(self) -> None:
+        self.decoder = FrameDecoder()
+
+    def send(self, data: bytes) -> None:
+        self.decoder.feed(data)
+
+    def answers(self) -> list[tuple[str, object]]:
+        out: list[tuple[str, object]] = []
+        while (f := self.decoder.next_frame()) is not None:
+            if f.type == FrameType.ACK:
+                out.append(("ACK", decode_ack(f.body)))
+            elif f.type == FrameType.NACK:
+                seq, reason = decode_nack(f.body)
+                out.append(("NACK", (seq, str(reason))))
+            elif f.type == FrameType.TIME:
+                out.append(("TIME", decode_time(f.body) > 0))
+        return out
+
+
+def run(tmp_path: Path, scenario, max_bytes: int = 10**6) -> None:  # type: ignore[no-untyped-def]
+    async def main() -> None:
+        reg_dir = tmp_path / "registry"
+        reg_dir.mkdir(exist_ok=True)
+        ex = ThreadPoolExecutor(1)
+        q = Queue.open(tmp_path / "q.sqlite3", max_bytes)
+        reg = Registry(reg_dir)
+        p = Pipeline(reg, q, Metrics(), executor=ex, max_delay=0)
+        try:
+            await scenario(p, reg, q, FakeLink())
+        finally:
+            q.close()
+            ex.shutdown()
+
+    asyncio.run(main())
+
+
+async def feed(p: Pipeline, link: FakeLink, *frames: bytes, commit: bool = True) -> None:
+    d = FrameDecoder()
+    for raw in frames:
+        d.feed(raw)
+        while (f := d.next_frame()) is not None:
+            await p.handle(link, f)
+    if commit:
+        await p.commit_once()
+
+
+def test_accept_duplicate_replay(tmp_path: Path) -> None:
+    node = make_node("esp32-01")
+    (tmp_path / "registry").mkdir()
+    write_entry(tmp_path / "registry", node)
+
+    async def scenario(p: Pipeline, reg: Registry, q: Queue, link: FakeLink) -> None:
+        reg.refresh()
+        await feed(p, link, node.hello_frame(), node.record_frame(3), node.record_frame(5))
+        assert link.answers() == [("TIME", True), ("ACK", 5)]  # one cumulative ACK per commit
+        await feed(p, link, node.record_frame(5))  # ACK lost: resent -> ACKed again
+        await feed(p, link, node.record_frame(3))  # still queued -> duplicate
+        await feed(p, link, node.record_frame(4))  # never stored, below 5 -> replay
+        assert link.answers() == [("ACK", 5), ("ACK", 5), ("NACK", (4, "replay"))]
+        assert q.all_keys() == [("esp32-01", 3), ("esp32-01", 5)]
+        q.delete([r.id for r in q.peek(0, 10)])  # forwarded
+        await feed(p, link, node.record_frame(3))  # forwarded and gone -> replay
+        await feed(p, link, node.record_frame(6))
+        assert link.answers() == [("NACK", (3, "replay")), ("ACK", 6)]
+        assert p.metrics.accepted == 3 and p.metrics.duplicates == 2
+        assert dict(p.metrics.rejected) == {"replay": 2}
+
+    run(tmp_path, scenario)
+
+
+def test_unknown_revoked_badsig_malformed(tmp_path: Path) -> None:
+    (tmp_path / "registry").mkdir()
+    node, stranger = make_node("esp32-01"), make_node("esp32-99")
+    write_entry(tmp_path / "registry", node)
+
+    async def scenario(p: Pipeline, reg: Registry, q: Queue, link: FakeLink) -> None:
+        reg.refresh()
+        forged = sign1(stranger.seed, b"esp32-01", b"\xa0")
+        await feed(
+            p,
+            link,
+            stranger.record_frame(1),
+            encode_frame(FrameType.RECORD, forged),
+            encode_frame(FrameType.RECORD, b"\x01\x02"),
+            encode_frame(FrameType.RECORD, sign1(node.seed, b"esp32-01", b"\xa0")),
+        )
+        assert link.answers() == [
+            ("NACK", (0, "unknown-device")),
+            ("NACK", (0, "bad-signature")),
+            ("NACK", (0, "malformed")),
+            ("NACK", (0, "malformed")),
+        ]
+        await feed(p, link, node.record_frame(1))
+        write_entry(tmp_path / "registry", node, status="revoked")
+        reg.refresh()
+        await feed(p, link, node.record_frame(2))
+        assert link.answers() == [("ACK", 1), ("NACK", (0, "revoked"))]
+        assert q.all_keys() == [("esp32-01", 1)]
+        assert dict(p.metrics.rejected) == {
+            "unknown-device": 1,
+            "bad-signature": 1,
+            "malformed": 2,
+            "revoked": 1,
+        }
+
+    run(tmp_path, scenario)
+
+
+def test_bound_gives_busy_then_recovers(tmp_path: Path) -> None:
+    (tmp_path / "registry").mkdir()
+    node = make_node("esp32-01")
+    write_entry(tmp_path / "registry", node)
+    size = len(node.record(1)) + 64
+
+    async def scenario(p: Pipeline, reg: Registry, q: Queue, link: FakeLink) -> None:
+        reg.refresh()
+        await feed(p, link, *(node.record_frame(s) for s in (1, 2, 3, 4)))
+        assert link.answers() == [("NACK", (4, "busy")), ("ACK", 3)]
+        assert q.depth == 3
+        q.delete([r.id for r in q.peek(0, 1)])
+        await feed(p, link, node.record_frame(4))
+        assert link.answers() == [("ACK", 4)]
+        assert q.all_keys() == [("esp32-01", 2), ("esp32-01", 3), ("esp32-01", 4)]
+
+    run(tmp_path, scenario, max_bytes=3 * size + 10)
+
+
+def test_disk_full_gives_busy(tmp_path: Path) -> None:
+    (tmp_path / "registry").mkdir()
+    node = make_node("esp32-01")
+    write_entry(tmp_path / "registry", node)
+
+    async def scenario(p: Pipeline, reg: Registry, q: Queue, link: FakeLink) -> None:
+        reg.refresh()
+        q.conn.execute("PRAGMA max_page_count=8")
+        answers: list[tuple[str, object]] = []
+        for s in range(1, 200):
+            await feed(p, link, node.record_frame(s))
+            answers += link.answers()
+            if answers[-1][0] == "NACK":
+                break
+        last = answers[-1]
+        assert last == ("NACK", (s, "busy"))
+        assert answers[:-1] == [("ACK", i) for i in range(1, s)]
+        assert q.depth == s - 1 and q.high_seq("esp32-01") == s - 1
+        assert q.conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+    run(tmp_path, scenario)
