@@ -88,8 +88,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         )
         files = deploy.build(fw_dir, compile_mpy)
         report = deploy.deploy(device, files, _progress)
+        config = enroll.read_device_config(device)
     log.record(
         "deploy",
+        device_id=config.get("device_id") if config else None,
         firmware_sha256=report.firmware_sha256,
         port=args.port,
         copied=len(report.copied),

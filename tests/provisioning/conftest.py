@@ -43,8 +43,13 @@ def _emulator_cmd(flash: Path, port: Path, uid: str, work: Path) -> list[str]:
     if EMULATOR_READY:
         exe = Path(sys.executable).parent / "citysense-emulator"
         return [str(exe), "repl", "--flash", str(flash), "--port", str(port), "--unique-id", uid]
+    return standin_cmd(flash, port, uid, work, mount=True)
+
+
+def standin_cmd(flash: Path, port: Path, uid: str, work: Path, mount: bool) -> list[str]:
+    """socat + `micropython -i`; mount=False leaves the host's / as the REPL's root."""
     boot = work / "standin_boot.py"
-    boot.write_text(_STANDIN_BOOT.format(flash=str(flash), uid=uid))
+    boot.write_text(_STANDIN_BOOT.format(flash=str(flash), uid=uid) if mount else "")
     socat = shutil.which("socat")
     if socat is None:
         pytest.skip("socat not installed (needed by the stand-in REPL)")
@@ -65,13 +70,13 @@ class NodeRepl:
         self.proc.wait(timeout=10)
 
 
-def start_node(work: Path, name: str, uid: str) -> NodeRepl:
+def start_node(work: Path, name: str, uid: str, cmd: list[str] | None = None) -> NodeRepl:
     flash = work / f"{name}-flash"
     flash.mkdir(parents=True, exist_ok=True)
     port = work / f"{name}.tty"
     log = (work / f"{name}.log").open("wb")
     proc = subprocess.Popen(
-        _emulator_cmd(flash, port, uid, work),
+        cmd or _emulator_cmd(flash, port, uid, work),
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import serial
-from conftest import NodeRepl, assert_one_line_error, run_cli
+from conftest import NodeRepl, assert_one_line_error, run_cli, standin_cmd, start_node
 from support import REPO
 
 from provisioning.transport import device_error, open_error
@@ -186,3 +186,15 @@ def test_usage_and_registry_errors(tmp_path: Path) -> None:
     assert_one_line_error(res, "already exists, refusing to overwrite")
     res = run_cli("ca", "init")
     assert_one_line_error(res, "ca init needs --dir")
+
+
+def test_refuses_an_unmounted_emulator(tmp_path: Path) -> None:
+    """A unix-port REPL whose / is the host's root (no flash folder mounted): deploy must
+    refuse before writing anything (it would otherwise write into the host's /lib)."""
+    flash, port = tmp_path / "raw-flash", tmp_path / "raw.tty"
+    node = start_node(tmp_path, "raw", "00", standin_cmd(flash, port, "00", tmp_path, False))
+    try:
+        res = run_cli("deploy", "--port", str(node.port))
+        assert_one_line_error(res, "the emulator's / is the host's root", "refusing to write")
+    finally:
+        node.stop()
