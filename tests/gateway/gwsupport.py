@@ -317,7 +317,8 @@ class Mosquitto:
         if tls:
             acl = d / "acl"
             acl.write_text(
-                "pattern readwrite citysense/v1/%u/#\n\nuser consumer\ntopic readwrite citysense/#\n"
+                "pattern readwrite citysense/v1/%u/#\n\n"
+                "user consumer\ntopic readwrite citysense/#\n"
             )
             conf += [
                 f"cafile {tls['ca']}",
