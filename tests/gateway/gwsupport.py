@@ -298,7 +298,9 @@ def make_pki(d: Path, gateway_id: str) -> dict[str, Path]:
 
 
 class Mosquitto:
-    def __init__(self, d: Path, *, tls: dict[str, Path] | None = None) -> None:
+    def __init__(
+        self, d: Path, *, tls: dict[str, Path] | None = None, persistence: bool = False
+    ) -> None:
         self.dir = d
         d.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -306,11 +308,14 @@ class Mosquitto:
         self.proc: subprocess.Popen[bytes] | None = None
         conf = [
             "per_listener_settings false",
-            "persistence false",
+            f"persistence {'true' if persistence else 'false'}",
+            f"persistence_location {d}/",
+            "autosave_interval 1",
             "log_dest stderr",
             "log_type error",
             "log_type warning",
             "max_inflight_messages 0",
+            *(["user root"] if os.geteuid() == 0 else []),  # read the test's 0700 tmp dirs
             "max_queued_messages 0",
             f"listener {self.port} 127.0.0.1",
         ]
@@ -364,8 +369,10 @@ class Mosquitto:
 
 
 @contextlib.contextmanager
-def mosquitto(d: Path, tls: dict[str, Path] | None = None) -> Iterator[Mosquitto]:
-    m = Mosquitto(d, tls=tls)
+def mosquitto(
+    d: Path, tls: dict[str, Path] | None = None, persistence: bool = False
+) -> Iterator[Mosquitto]:
+    m = Mosquitto(d, tls=tls, persistence=persistence)
     try:
         m.start()
         yield m
@@ -376,7 +383,9 @@ def mosquitto(d: Path, tls: dict[str, Path] | None = None) -> Iterator[Mosquitto
 class Subscriber:
     """A paho consumer that records every message (topic, payload) in order."""
 
-    def __init__(self, port: int, topic: str, tls: dict[str, Path] | None = None) -> None:
+    def __init__(
+        self, port: int, topic: str, tls: dict[str, Path] | None = None, persistent: bool = False
+    ) -> None:
         import threading
 
         import paho.mqtt.client as mqtt
@@ -419,6 +428,18 @@ class Subscriber:
         with self._lock:
             return list(self.messages)
 
+    def records(self) -> list[tuple[str, int]]:
+        """(device, seq) of every record message, in arrival order (duplicates kept)."""
+        from gateway.protocol import decode_record_payload, parse_sign1
+
+        out = []
+        for topic, payload, _ in self.snapshot():
+            if topic.endswith("/records"):
+                out.append(
+                    (topic.split("/")[3], decode_record_payload(parse_sign1(payload).payload).seq)
+                )
+        return out
+
     def wait_count(
         self, topic_suffix: str, n: int, timeout: float = 30
     ) -> list[tuple[str, bytes, object]]:
@@ -443,3 +464,70 @@ def wait_log(log: Path, text: str, timeout: float = 30, count: int = 1) -> None:
         time.sleep(0.05)
     tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
     raise TimeoutError(f"log never said {text!r} x{count}:\n{tail}")
+
+
+class NodeSim:
+    """A node's delivery side: buffer every record until an ACK covers it, resend on demand."""
+
+    def __init__(self, node: Node, pty: Pty) -> None:
+        self.node = node
+        self.pty = pty
+        self.next_seq = 1
+        self.unacked: dict[int, bytes] = {}
+        self.acked: set[int] = set()
+        self.high_ack = 0
+        self.nacks: list[tuple[int, str]] = []
+        self._seen = 0
+
+    def new_record(self) -> None:
+        seq = self.next_seq
+        self.next_seq += 1
+        frame = self.node.record_frame(seq)
+        self.unacked[seq] = frame
+        self.pty.write(frame)
+
+    def resend(self) -> None:
+        for seq in sorted(self.unacked):
+            self.pty.write(self.unacked[seq])
+
+    def process(self) -> None:
+        from gateway.protocol import decode_ack, decode_nack
+
+        self.pty.poll()
+        for f in self.pty.frames[self._seen :]:
+            if f.type == FrameType.ACK:
+                a = decode_ack(f.body)
+                self.high_ack = max(self.high_ack, a)
+                for seq in [s for s in self.unacked if s <= a]:
+                    del self.unacked[seq]
+                    self.acked.add(seq)
+            elif f.type == FrameType.NACK:
+                seq, reason = decode_nack(f.body)
+                self.nacks.append((seq, str(reason)))
+        self._seen = len(self.pty.frames)
+
+    def settle(self, timeout: float = 30) -> None:
+        """Resend until everything is ACKed."""
+        deadline = time.monotonic() + timeout
+        while self.unacked:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(self.unacked)} records never ACKed")
+            self.resend()
+            end = time.monotonic() + 1.0
+            while self.unacked and time.monotonic() < end:
+                time.sleep(0.02)
+                self.process()
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Prometheus text from the gateway's /metrics, as {'name{labels}': value}."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
