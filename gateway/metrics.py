@@ -16,6 +16,7 @@ class Metrics:
     def __init__(self) -> None:
         self.frames: dict[str, int] = defaultdict(int)  # by frame type name
         self.frame_errors: dict[str, int] = defaultdict(int)  # by reason
+        self.hello_errors: dict[str, int] = defaultdict(int)  # HELLO bodies, by reason
         self.accepted = 0
         self.duplicates = 0
         self.rejected: dict[str, int] = defaultdict(int)  # by NACK reason
@@ -49,6 +50,9 @@ class Metrics:
         family("citysense_frame_errors_total", "counter", "Bad frames dropped, by reason.")
         for k, v in sorted(self.frame_errors.items()):
             out.append(f'citysense_frame_errors_total{{reason="{k}"}} {v}')
+        family("citysense_hello_errors_total", "counter", "HELLO frames with a bad body.")
+        for k, v in sorted(self.hello_errors.items()):
+            out.append(f'citysense_hello_errors_total{{reason="{k}"}} {v}')
         family("citysense_records_accepted_total", "counter", "Records stored and ACKed.")
         out.append(f"citysense_records_accepted_total {self.accepted}")
         family("citysense_records_duplicate_total", "counter", "Duplicates ACKed again.")

@@ -133,7 +133,14 @@ class Pipeline:
         try:
             hello = decode_hello(body)
         except ProtocolError as exc:
-            self.frame_error(link, exc)
+            self.metrics.hello_errors[exc.reason] += 1
+            self.rlog.warning(
+                f"hello:{link.name}",
+                "event=hello-rejected port=%s reason=%s detail=%s",
+                link.name,
+                exc.reason,
+                exc,
+            )
             return
         dev = self._state(hello.device_id)
         self._attach(dev, link)
