@@ -81,7 +81,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     deploy.sources(fw_dir)  # fail on a missing firmware dir before touching the port
     with _session(args) as repl:
         device = Device(repl)
-        compile_mpy = not (args.source or device.is_emulator)
+        emulator = device.is_emulator
+        compile_mpy = not (args.source or emulator)
         _progress(
             f"target: {'emulator' if device.is_emulator else 'ESP32'}; "
             f"{'compiling with mpy-cross' if compile_mpy else 'copying sources'}"
@@ -107,6 +108,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             f"{len(report.copied)} copied, {len(report.removed)} removed,"
             f" {len(report.unchanged)} unchanged; firmware {report.firmware_sha256}"
         )
+        if report.copied and not emulator:
+            print("press EN (reset) on the node to run the new firmware")
 
     _emit(args, report.as_dict(), human)
     return 0
@@ -154,6 +157,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         op_fp = summary["operator_key_fingerprint"]
         print(f"  operator key {op_fp or 'MISSING: the node will refuse every COMMAND'}")
         print(f"  firmware     {summary['firmware_sha256']}")
+        if summary["target"] == "esp32":
+            print("press EN (reset) on the node to start it with this configuration")
 
     _emit(args, summary, human)
     return 0
