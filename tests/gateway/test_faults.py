@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from gwsupport import (
+    CuttableProxy,
     NodeSim,
     Pty,
     Subscriber,
@@ -28,14 +29,17 @@ from gateway.protocol import (
     MAX_FRAME,
     FrameType,
     ProtocolError,
-    cobs_encode,
     decode_ack,
     decode_frame,
     encode_frame,
     sign1,
 )
 
-OUTAGE_S = 10  # the issue says 30 s; 10 s spans several reconnect attempts and keeps CI fast
+OUTAGE_S = 10
+"""The issue says 30 s; 10 s spans several reconnect attempts (backoff 0.5, 1, 2, 4, 8 s)
+and keeps CI fast. The outage cuts the gateway's path to the broker (every connection
+dropped, the port refusing) while the broker and the consumer stay up, so that what the
+consumer sees is exactly what reached the broker."""
 
 
 def first_occurrence_order(pairs: list[tuple[str, int]]) -> list[int]:
@@ -50,11 +54,12 @@ def first_occurrence_order(pairs: list[tuple[str, int]]) -> list[int]:
 
 def test_broker_outage_loses_nothing_keeps_order(tmp_path: Path) -> None:
     node = make_node("esp32-0000000000b1")
-    with mosquitto(tmp_path / "broker", persistence=True) as broker:
-        cfg = write_config(tmp_path / "gw.toml", url=f'"mqtt://127.0.0.1:{broker.port}"')
+    with mosquitto(tmp_path / "broker") as broker:
+        proxy = CuttableProxy(broker.port)
+        cfg = write_config(tmp_path / "gw.toml", url=f'"mqtt://127.0.0.1:{proxy.port}"')
         write_entry(tmp_path / "registry", node)
         pty = Pty(tmp_path / "tty0")
-        sub = Subscriber(broker.port, "citysense/+/+/+/records", persistent=True)
+        sub = Subscriber(broker.port, "citysense/+/+/+/records")
         log = tmp_path / "gw.log"
         gw = start_gateway(cfg, log)
         sim = NodeSim(node, pty)
@@ -65,7 +70,7 @@ def test_broker_outage_loses_nothing_keeps_order(tmp_path: Path) -> None:
                 sim.new_record()
             sim.settle()
             sub.wait_count("/records", 50)
-            broker.stop()
+            proxy.cut()
             wait_log(log, "event=uplink-lost")
             t_end = time.monotonic() + OUTAGE_S
             while time.monotonic() < t_end:  # the node keeps reporting; the queue holds it
@@ -74,7 +79,7 @@ def test_broker_outage_loses_nothing_keeps_order(tmp_path: Path) -> None:
                 sim.process()
             sim.settle()
             assert sim.next_seq - 1 > 100
-            broker.start()
+            proxy.restore()
             total = sim.next_seq - 1
             deadline = time.monotonic() + 60
             while len(set(sub.records())) < total and time.monotonic() < deadline:
@@ -87,6 +92,7 @@ def test_broker_outage_loses_nothing_keeps_order(tmp_path: Path) -> None:
             sub.close()
             stop(gw)
             pty.close()
+            proxy.close()
 
 
 def test_kill9_at_random_moments(tmp_path: Path) -> None:
