@@ -38,7 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run one node; its data UART is a pty at --link")
     r.add_argument("--flash", type=Path, required=True, help="the node's flash (a folder)")
     r.add_argument("--link", type=Path, required=True, help="path of the data-link pty")
-    r.add_argument("--heap", type=_heap, default="96k", help="MicroPython heap (default 96k)")
+    r.add_argument(
+        "--heap", type=_heap, default="128k", help="MicroPython heap (default 128k, see docs)"
+    )
     r.add_argument(
         "--sensors", type=_sensors, default="bme280,battery", help="attached emulated sensors"
     )

@@ -9,7 +9,8 @@ a power cut. The next `run` boots with reset cause "power-on".
 Inside one run, the child's exit decides the next boot: exit 3 (hal.reset(), e.g. the
 reboot COMMAND) -> "soft"; exit 4 (hal.deepsleep) -> "deepsleep"; WDT feeds stopping
 for longer than the timeout the firmware armed -> the supervisor kills it -> "wdt";
-any other exit (an uncaught crash) -> "panic".
+any other exit (an uncaught crash) -> "panic"; exit 0 (main.py returned, e.g. safe
+mode) -> the node stays halted, like a board sitting at its REPL, until killed.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ import os
 import select
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+from emulator.mpy import compile_lib
 from emulator.ptys import Pty, die_with_parent, firmware_dir, micropython
 
 _CAUSE_BY_EXIT = {3: "soft", 4: "deepsleep"}
@@ -30,12 +33,16 @@ _LAUNCH = (
 )
 
 
-def _entry(flash: Path) -> tuple[Path, Path, str]:
-    """(boot.py, main.py, MICROPYPATH): the firmware deployed in DIR, else the checkout's."""
-    if (flash / "main.py").exists() and (flash / "lib" / "citysense" / "app.py").exists():
+def _entry(flash: Path, cache: Path) -> tuple[Path, Path, str]:
+    """(boot.py, main.py, MICROPYPATH): the firmware deployed in DIR if there is one
+    (its lib used as deployed: .mpy or sources), else the checkout's, compiled to .mpy."""
+    lib = flash / "lib" / "citysense"
+    if (flash / "main.py").exists() and ((lib / "app.py").exists() or (lib / "app.mpy").exists()):
         return flash / "boot.py", flash / "main.py", str(flash / "lib")
     fw = firmware_dir()
-    return fw / "boot.py", fw / "main.py", str(fw / "lib")
+    if not (cache / "citysense").exists():
+        compile_lib(fw / "lib", cache)
+    return fw / "boot.py", fw / "main.py", str(cache)
 
 
 class Node:
@@ -44,14 +51,16 @@ class Node:
         self.link = link
         self.heap = heap
         self.env = env
+        self._tmp = tempfile.TemporaryDirectory(prefix="citysense-node-")
+        self.cache = Path(self._tmp.name) / "lib"
 
     def boot(self, cause: str) -> tuple[subprocess.Popen[bytes], int]:
-        boot, main, path = _entry(self.flash)
+        boot, main, path = _entry(self.flash, self.cache)
         rfd, wfd = os.pipe()
         env = dict(
             os.environ,
             **self.env,
-            MICROPYPATH=path,
+            MICROPYPATH=f".frozen:{path}",
             CITYSENSE_RESET=cause,
             CITYSENSE_LINK_FD=str(self.link.master),
             CITYSENSE_WDT_FD=str(wfd),
@@ -69,6 +78,14 @@ class Node:
         os.close(wfd)
         return proc, rfd
 
+    def _ended(self, code: int) -> str:
+        if code == 0:
+            # main.py returned (safe mode, Ctrl-C): a device would sit at its REPL
+            print("citysense-emulator: node halted (main.py returned)", file=sys.stderr)
+            while True:
+                time.sleep(3600)
+        return _CAUSE_BY_EXIT.get(code, "panic")
+
     def watch(self, proc: subprocess.Popen[bytes], wdt: int) -> str:
         """Wait for the child to end; returns the reset cause of the next boot."""
         timeout_ms = 0
@@ -79,8 +96,7 @@ class Node:
             if ready:
                 data = os.read(wdt, 512)
                 if not data:  # the child closed its end: it is exiting
-                    code = proc.wait()
-                    return _CAUSE_BY_EXIT.get(code, "panic")
+                    return self._ended(proc.wait())
                 buf += data
                 *lines, buf = buf.split(b"\n")
                 for line in lines:
@@ -88,7 +104,7 @@ class Node:
                         timeout_ms = int(line[1:])
                     last = time.monotonic()
             elif proc.poll() is not None:
-                return _CAUSE_BY_EXIT.get(proc.returncode, "panic")
+                return self._ended(proc.returncode)
             if timeout_ms and (time.monotonic() - last) * 1000 > timeout_ms:
                 proc.kill()
                 proc.wait()
@@ -100,6 +116,8 @@ def run_node(flash: Path, link: Path, heap: str, env: dict[str, str]) -> int:
     flash = flash.resolve()
     flash.mkdir(parents=True, exist_ok=True)
     pty = Pty(link)
+    # the node reads its UART without blocking: O_NONBLOCK on the shared file description
+    os.set_blocking(pty.master, False)
     node = Node(flash, pty, heap, env)
     cause = "power-on"
     try:
@@ -116,3 +134,4 @@ def run_node(flash: Path, link: Path, heap: str, env: dict[str, str]) -> int:
                 time.sleep(0.5)
     finally:
         pty.close()
+        node._tmp.cleanup()

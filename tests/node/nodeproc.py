@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import subprocess
 from pathlib import Path
 
+from emulator.mpy import compile_lib
 from support import FIRMWARE_LIB, micropython_path
 
 HERE = Path(__file__).resolve().parent
 MP = HERE / "mp"
 
 
+_COMPILED: list[Path] = []
+
+
+def compiled_lib() -> Path:
+    """The firmware library compiled to .mpy once per test session (as deployed)."""
+    if not _COMPILED:
+        out = Path(tempfile.mkdtemp(prefix="citysense-mpy-"))
+        atexit.register(shutil.rmtree, out, True)
+        _COMPILED.append(compile_lib(FIRMWARE_LIB, out / "lib"))
+    return _COMPILED[0]
+
+
 def mp_env(**extra: str) -> dict[str, str]:
-    return dict(os.environ, MICROPYPATH=f"{MP}:{FIRMWARE_LIB}", **extra)
+    return dict(os.environ, MICROPYPATH=f".frozen:{MP}:{compiled_lib()}", **extra)
 
 
 def popen(

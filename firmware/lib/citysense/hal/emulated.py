@@ -43,7 +43,8 @@ def reset():
 
 
 class _Uart:
-    """The data UART: a raw pty master fd; reads never block (poll first)."""
+    """The data UART: a raw pty master fd with O_NONBLOCK set by the emulator (MicroPython
+    streams loop until the buffer is full on a blocking fd); poll first anyway."""
 
     def __init__(self, fd):
         self._f = open(fd, "r+b")
@@ -62,14 +63,17 @@ class _Uart:
         if not self.any():
             return None
         try:
-            return self._f.readinto(buf)
+            return self._f.readinto(buf)  # None: EAGAIN, nothing there after all
         except OSError:
             return None  # EIO: nobody has the other end open
 
     def write(self, buf):
         for _obj, ev in self._wpoll.ipoll(0):
             if ev & select.POLLOUT:
-                return self._f.write(buf)
+                try:
+                    return self._f.write(buf) or 0
+                except OSError:
+                    return 0
         return 0  # line full: the bytes are lost, as on a UART with no reader
 
 
@@ -167,3 +171,8 @@ def event(ev, seq=-1, n=-1):
         print('{"ev": "%s", "seq": %d}' % (ev, seq))
     else:
         print('{"ev": "%s"}' % ev)
+
+
+def crash():
+    """After an uncaught error: the emulator restarts the node with cause "panic"."""
+    sys.exit(1)

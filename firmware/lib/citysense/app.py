@@ -1,0 +1,241 @@
+"""The node application: sample -> batch -> sign -> buffer -> send, plus commands.
+
+Tasks (asyncio): `_sampler` (readings every interval, one signed record per `batch`
+samples), `_link` (UART <-> the sans-I/O Link core), `_watchdog` (feeds the hardware
+WDT only while both other tasks have checked in recently). Without a usable
+configuration the node runs the link only: HELLO carries key 8 "problem" and it waits
+for provisioning (it reboots itself once the config appears).
+"""
+
+import gc
+import sys
+import time
+
+import asyncio
+from citysense import cbor, config, cose, hal, safe, senml, state
+from citysense.buffer import Buffer
+from citysense.commands import Commands
+from citysense.link import Link
+from citysense.state import SeqStore
+
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):  # type: ignore[misc]
+        return x
+
+
+VERSION = "0.1.0"
+_WDT_MS = const(10000)
+_STALE_MS = const(8000)  # a task silent this long is unhealthy: stop feeding the WDT
+_HELLO_PROBLEM_MS = const(10000)
+_READ_CHUNK = const(256)
+
+
+class Clock:
+    """Monotonic ms since boot that does not wrap (ticks_ms does)."""
+
+    def __init__(self):
+        self._last = time.ticks_ms()
+        self.ms = 0
+
+    def now(self):
+        t = time.ticks_ms()
+        self.ms += time.ticks_diff(t, self._last)
+        self._last = t
+        return self.ms
+
+
+class Node:
+    def __init__(self, encoder=None, decoder=None):
+        self.clock = Clock()
+        self.reset_cause = hal.reset_cause()
+        default_id = "esp32-" + "".join("%02x" % b for b in hal.unique_id())
+        self.cfg = config.load(default_id)
+        gc.collect()
+        self.boot = state.load("boot", 0) + 1
+        state.store("boot", self.boot)
+        self.buffer = Buffer()
+        self.buffer.open()
+        self.dropped = state.load("dropped", 0)
+        self.seqs = SeqStore(64, floor=self.buffer.newest_seq())
+        self.kid = self.cfg.device_id.encode()
+        self.link = Link(
+            self.buffer, self.hello_body, rand=self._rand, encoder=encoder, decoder=decoder
+        )
+        self.commands = None
+        if not self.cfg.fatal:
+            self.commands = Commands(self.cfg.operator, self.cfg.seed, self.kid, self.apply)
+        self.sensors = []
+        self.pack = senml.Pack(base_name=self.cfg.device_id + "/")
+        self.samples = 0
+        self.time_base = senml.TIME_BOOT
+        self.sync_now = False
+        self.reboot_at = -1
+        self.beat_sampler = 0
+        self.beat_link = 0
+
+    def _rand(self):
+        return self.clock.ms * 7919 + self.boot
+
+    # ---- HELLO ----
+    def hello_body(self):
+        m = {
+            1: 1,
+            2: self.cfg.device_id,
+            3: VERSION,
+            4: self.boot,
+            5: self.reset_cause,
+            6: self.clock.now(),
+            7: max(self.seqs.highest, self.buffer.newest_seq()),
+        }
+        if self.cfg.problem:
+            m[8] = self.cfg.problem
+        return cbor.dumps(m)
+
+    # ---- commands ----
+    def apply(self, action, value):
+        if action == "set_interval":
+            self.cfg.interval_s = value
+            state.store("interval", value)
+            return "interval_s=%d" % value
+        if action == "set_batch":
+            self.cfg.batch = value
+            state.store("batch", value)
+            return "batch=%d" % value
+        if action == "sync_now":
+            self.sync_now = True
+            return "sampling now"
+        if action == "reboot":
+            self.reboot_at = self.clock.now() + 500  # after the result went out
+            return "rebooting"
+        raise ValueError("no handler for " + action)
+
+    # ---- sampling ----
+    def setup_sensors(self):
+        from citysense import sensors
+
+        self.sensors = sensors.open_all(self.cfg.sensors)
+
+    def sample(self):
+        now = self.clock.now()
+        base = self.link.unix_offset
+        tb = senml.TIME_BOOT if base is None else senml.TIME_UNIX
+        if self.samples and tb != self.time_base:
+            self.seal()  # one time base per record: close the batch first
+        secs = (now if base is None else now + base) // 1000
+        if not self.samples:
+            self.time_base = tb
+            self.pack.clear(base_time=secs)
+            self.t0 = secs
+        t = secs - self.t0
+        for s in self.sensors:
+            s.read_into(self.pack, t)
+        self.samples += 1
+        if self.samples >= self.cfg.batch or self.sync_now:
+            self.sync_now = False
+            self.seal()
+
+    def seal(self):
+        p = self.pack
+        now = self.clock.now()
+        gc.collect()
+        p.add("sys/heap", hal.free_heap(), "B")
+        p.add("sys/uptime", now // 1000, "s")
+        p.add("sys/reset", self.reset_cause)
+        p.add("sys/linkerr", self.link.errors)
+        dropped = self.dropped + self.buffer.dropped
+        p.add("sys/dropped", dropped)
+        seq = self.seqs.take()
+        payload = senml.record_payload(seq, self.boot, p, self.time_base)
+        record = cose.sign1(self.cfg.seed, self.kid, payload)
+        before = self.buffer.dropped
+        self.buffer.append(seq, record)
+        if self.buffer.dropped != before:
+            state.store("dropped", self.dropped + self.buffer.dropped)
+            hal.event("dropped", -1, self.buffer.dropped - before)
+        hal.event("record", seq, len(p))
+        self.samples = 0
+        p.clear()
+
+    async def sampler(self):
+        self.setup_sensors()
+        while True:
+            start = self.clock.now()
+            self.beat_sampler = start
+            self.sample()
+            while self.clock.now() - start < self.cfg.interval_s * 1000 and not self.sync_now:
+                self.beat_sampler = self.clock.now()
+                await asyncio.sleep_ms(200)
+
+    # ---- link ----
+    async def run_link(self):
+        lc = self.cfg.link
+        uart = hal.uart(lc["uart"], lc["tx"], lc["rx"], lc["baud"])
+        buf = bytearray(_READ_CHUNK)
+        link = self.link
+        last_hello = 0
+        while True:
+            now = self.clock.now()
+            self.beat_link = now
+            n = uart.readinto(buf)
+            if n:
+                link.receive(bytes(buf[:n]), now)
+            if self.cfg.fatal and now - last_hello >= _HELLO_PROBLEM_MS:
+                link.hello_due = True
+                last_hello = now
+            while link.commands:
+                body = link.commands.pop(0)
+                if self.commands is not None:
+                    link.send_result(self.commands.handle(body))
+            while True:
+                out = link.poll(now)
+                if out is None:
+                    break
+                uart.write(out)
+            while link.ack_events:
+                hal.event("ack", link.ack_events.pop(0))
+            if self.reboot_at >= 0 and now >= self.reboot_at:
+                hal.reset()
+            await asyncio.sleep_ms(5 if n else 20)
+
+    async def watchdog(self):
+        wdt = hal.wdt(_WDT_MS)
+        healthy_done = False
+        while True:
+            now = self.clock.now()
+            ok = now - self.beat_link < _STALE_MS
+            if not self.cfg.fatal:
+                ok = ok and now - self.beat_sampler < _STALE_MS
+            if ok:
+                wdt.feed()
+                if not healthy_done and now >= safe.HEALTHY_MS:
+                    safe.healthy()
+                    healthy_done = True
+            await asyncio.sleep_ms(1000)
+
+    async def wait_for_config(self):
+        while True:
+            await asyncio.sleep_ms(2000)
+            self.beat_sampler = self.clock.now()
+            cfg = config.load(self.cfg.device_id)
+            if not cfg.fatal:
+                hal.reset()  # provisioned: start again with the new config
+
+
+def _on_error(loop, context):
+    # a task died: log it; the watchdog stops being fed and resets the node
+    print("citysense: task error:", context.get("message"), context.get("exception"), file=sys.stderr)
+
+
+async def main(node=None, encoder=None, decoder=None):
+    node = node or Node(encoder, decoder)
+    asyncio.get_event_loop().set_exception_handler(_on_error)
+    tasks = [asyncio.create_task(node.run_link()), asyncio.create_task(node.watchdog())]
+    if node.cfg.fatal:
+        print("citysense: waiting for provisioning:", node.cfg.problem, file=sys.stderr)
+        tasks.append(asyncio.create_task(node.wait_for_config()))
+    else:
+        tasks.append(asyncio.create_task(node.sampler()))
+    await asyncio.gather(*tasks)

@@ -1,0 +1,110 @@
+"""Node configuration from the device filesystem (written by citysense-provision).
+
+`load()` never raises: a missing or corrupt file gives a `problem` string that the node
+reports in HELLO (key 8) while it waits for provisioning, instead of crash-looping.
+Fatal problems: config-missing, config-corrupt, config-invalid, key-missing, key-corrupt.
+Not fatal (records flow, COMMANDs are refused): operator-key-missing.
+Runtime overrides set by COMMANDs (interval, batch) live in /state and win over the file.
+"""
+
+import json
+
+from citysense import state
+
+CONFIG = "config/device.json"
+KEY = "config/device.key"
+OPERATOR = "config/operator.pub"
+FATAL = ("config-missing", "config-corrupt", "config-invalid", "key-missing", "key-corrupt")
+
+_DEFAULT_LINK = {"uart": 1, "tx": 17, "rx": 16, "baud": 115200}
+
+
+class Config:
+    def __init__(self, default_id):
+        self.device_id = default_id
+        self.interval_s = 60
+        self.batch = 5
+        self.link = dict(_DEFAULT_LINK)
+        self.sensors = ["bme280", "battery"]
+        self.seed = None
+        self.operator = None
+        self.problem = None
+
+    @property
+    def fatal(self):
+        return self.problem in FATAL
+
+
+def _read(path, limit=2048):
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError("too big")
+    return data
+
+
+def _fields(cfg, d):
+    if not isinstance(d, dict):
+        return False
+    did = d.get("device_id")
+    if not isinstance(did, str) or not 0 < len(did) <= 64:
+        return False
+    cfg.device_id = did
+    for key in ("interval_s", "batch"):
+        v = d.get(key, getattr(cfg, key))
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 < v <= 86400:
+            return False
+        setattr(cfg, key, v)
+    link = d.get("link", {})
+    if not isinstance(link, dict):
+        return False
+    for key in _DEFAULT_LINK:
+        v = link.get(key, _DEFAULT_LINK[key])
+        if not isinstance(v, int) or v < 0:
+            return False
+        cfg.link[key] = v
+    sensors = d.get("sensors", cfg.sensors)
+    if not isinstance(sensors, list) or not all(isinstance(s, str) for s in sensors):
+        return False
+    cfg.sensors = sensors
+    return cfg.batch <= 64
+
+
+def load(default_id):
+    cfg = Config(default_id)
+    try:
+        raw = _read(CONFIG)
+    except OSError:
+        cfg.problem = "config-missing"
+        return cfg
+    except ValueError:
+        cfg.problem = "config-corrupt"
+        return cfg
+    try:
+        d = json.loads(raw)
+        raw = None
+    except ValueError:
+        cfg.problem = "config-corrupt"
+        return cfg
+    if not _fields(cfg, d):
+        cfg.problem = "config-invalid"
+        return cfg
+    try:
+        seed = _read(KEY, 64)
+    except (OSError, ValueError):
+        cfg.problem = "key-missing"
+        return cfg
+    if len(seed) != 32:
+        cfg.problem = "key-corrupt"
+        return cfg
+    cfg.seed = seed
+    try:
+        pub = _read(OPERATOR, 64)
+        cfg.operator = pub if len(pub) == 32 else None
+    except (OSError, ValueError):
+        pass
+    if cfg.operator is None:
+        cfg.problem = "operator-key-missing"
+    cfg.interval_s = state.load("interval", cfg.interval_s)
+    cfg.batch = state.load("batch", cfg.batch)
+    return cfg

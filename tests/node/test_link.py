@@ -1,0 +1,113 @@
+"""The real node app's link against a scripted gateway peer over a pty."""
+
+from __future__ import annotations
+
+import time
+
+import cbor2
+from gateway.protocol import (
+    FrameType,
+    NackReason,
+    decode_hello,
+    decode_record_payload,
+    encode_ack,
+    encode_nack,
+    encode_time,
+    verify1,
+)
+from peer import DEVICE_SEED, NodeProc, public_key
+
+PUB = public_key(DEVICE_SEED)
+SKIP_HELLO = (FrameType.HELLO,)
+
+
+def record(body: bytes) -> tuple[int, int]:
+    kid, payload = verify1(PUB, body)
+    assert kid == b"esp32-test"
+    rec = decode_record_payload(payload)
+    return rec.seq, rec.time_base
+
+
+def test_hello_first_then_records_and_ack_deletes(node: NodeProc) -> None:
+    hello = decode_hello(node.peer.expect(FrameType.HELLO))
+    assert (hello.device_id, hello.boot_count, hello.reset_cause) == ("esp32-test", 1, "power-on")
+    assert hello.problem is None
+    assert record(node.peer.expect(FrameType.RECORD))[0] == 1
+    node.peer.send(FrameType.ACK, encode_ack(1))
+    seqs: list[int] = []
+    while 3 not in seqs:  # retransmissions of 2 may come first (rto < interval)
+        seqs.append(record(node.peer.expect(FrameType.RECORD, skip=SKIP_HELLO))[0])
+    assert sorted(set(seqs)) == [2, 3] and seqs[0] == 2
+    node.peer.send(FrameType.ACK, encode_ack(3))
+    deadline = time.monotonic() + 20
+    while {"ev": "ack", "seq": 3} not in node.events(0.2):
+        assert time.monotonic() < deadline
+    assert {"ev": "ack", "seq": 1} in node.events()
+    # silence: what is retransmitted starts after the ACKed ones
+    t, body = node.peer.next_frame()
+    while t != FrameType.RECORD:
+        t, body = node.peer.next_frame()
+    assert record(body)[0] >= 4
+
+
+def test_retransmit_after_silence_goes_back_with_hello(node: NodeProc) -> None:
+    node.peer.expect(FrameType.HELLO)
+    first = record(node.peer.expect(FrameType.RECORD))[0]
+    # no answer: after the timeout the node says HELLO again and resends from seq 1
+    node.peer.expect(FrameType.HELLO, skip=(FrameType.RECORD,))
+    assert record(node.peer.expect(FrameType.RECORD))[0] == first == 1
+
+
+def test_nack_busy_backs_off_then_resends(node: NodeProc) -> None:
+    node.peer.expect(FrameType.HELLO)
+    assert record(node.peer.expect(FrameType.RECORD))[0] == 1
+    node.peer.send(FrameType.NACK, encode_nack(1, NackReason.BUSY))
+    # the next record frame is seq 1 again (kept, resent after the back-off)
+    assert record(node.peer.expect(FrameType.RECORD, skip=SKIP_HELLO))[0] == 1
+    node.peer.send(FrameType.ACK, encode_ack(1))
+    assert record(node.peer.expect(FrameType.RECORD, skip=SKIP_HELLO))[0] == 2
+
+
+def test_nack_replay_counts_as_delivered(node: NodeProc) -> None:
+    node.peer.expect(FrameType.HELLO)
+    assert record(node.peer.expect(FrameType.RECORD))[0] == 1
+    node.peer.send(FrameType.NACK, encode_nack(1, NackReason.REPLAY))
+    assert record(node.peer.expect(FrameType.RECORD, skip=SKIP_HELLO))[0] == 2
+
+
+def test_resync_after_garbage(node: NodeProc) -> None:
+    node.peer.expect(FrameType.HELLO)
+    assert record(node.peer.expect(FrameType.RECORD))[0] == 1
+    # line noise, an overlong run and a torn frame: the first ACK after it is glued to the
+    # torn bytes and lost; decoding resyncs at its 0x00 and the second ACK is taken
+    node.peer.write_raw(b"\x13\x37\xff\x00" + b"\x55" * 2000 + b"\x00\x07\x01\x02")
+    node.peer.send(FrameType.ACK, encode_ack(1))
+    node.peer.send(FrameType.ACK, encode_ack(1))
+    deadline = time.monotonic() + 20
+    while {"ev": "ack", "seq": 1} not in node.events(0.2):
+        assert time.monotonic() < deadline, "ACK after noise not taken"
+
+
+def test_time_switches_the_time_base(node: NodeProc) -> None:
+    node.peer.expect(FrameType.HELLO)
+    seq, base = record(node.peer.expect(FrameType.RECORD))
+    assert base == 1
+    unix_ms = 1_790_000_000_000
+    node.peer.send(FrameType.TIME, encode_time(unix_ms))
+    node.peer.send(FrameType.ACK, encode_ack(seq))
+    deadline = time.monotonic() + 20
+    while True:
+        body = node.peer.expect(FrameType.RECORD, skip=SKIP_HELLO)
+        seq, base = record(body)
+        node.peer.send(FrameType.ACK, encode_ack(seq))
+        if base == 0:
+            break
+        assert time.monotonic() < deadline
+    pack = decode_record_payload(verify1(PUB, body)[1]).pack
+    bt = pack[0][-3]
+    assert unix_ms // 1000 <= bt < unix_ms // 1000 + 30
+    assert pack[0][-2] == "esp32-test/"
+    names = [r.get(0) for r in pack]
+    assert names[:4] == ["temp", "pressure", "humidity", "battery"]
+    assert names[-5:] == ["sys/heap", "sys/uptime", "sys/reset", "sys/linkerr", "sys/dropped"]
+    assert cbor2.loads(cbor2.dumps(pack)) == pack
