@@ -131,6 +131,14 @@ class Agent:
             )
             await asyncio.sleep(1.0)
 
+    async def _time_loop(self, pipeline: Pipeline) -> None:
+        """TIME to every node's current port each `time_interval_s` (also sent on HELLO)."""
+        while True:
+            await asyncio.sleep(self.cfg.time_interval_s)
+            links = {id(d.link): d.link for d in pipeline.devices.values() if d.link is not None}
+            for link in links.values():
+                pipeline.send_time(link)
+
     async def _registry_watch(self) -> None:
         while True:
             await asyncio.sleep(0.5)
@@ -181,6 +189,7 @@ class Agent:
                 await asyncio.wait_for(ingest.started.wait(), 10)
                 tasks.append(tg.create_task(uplink.run(), name="uplink"))
                 tasks.append(tg.create_task(self._registry_watch(), name="registry"))
+                tasks.append(tg.create_task(self._time_loop(pipeline), name="time"))
                 tasks.append(
                     tg.create_task(self._state_writer(pipeline, uplink, ingest), name="state")
                 )
