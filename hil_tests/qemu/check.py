@@ -37,6 +37,7 @@ from vm import Vm, VmError, boot_wait, ensure_snapshot  # noqa: E402
 import build  # noqa: E402
 
 MAX_EXPOSURE = 2.0
+LINK = "/dev/citysense-node"  # guest/rootfs/etc/udev/rules.d/70-citysense-node.rules
 
 
 class CheckFailed(Exception):
@@ -99,13 +100,25 @@ class Scenario:
         vm.sh("true", timeout=60)
         # The snapshot's clock is the day it was taken: TLS needs today's.
         vm.sh(f"date -s @{time.time():.3f} >/dev/null")
+        self.wait_link(vm)
         say(f"VM resumed from its snapshot in {time.monotonic() - t0:.1f} s")
         return vm
+
+    def wait_link(self, vm: Vm) -> None:
+        """udev has named the node link's UART."""
+        rc, _ = vm.sh(
+            f"for i in $(seq 120); do test -e {LINK} && break; sleep 0.5; done; test -e {LINK}",
+            timeout=90,
+            check=False,
+        )
+        if rc != 0:
+            raise CheckFailed(f"{LINK} did not appear in the guest")
 
     def cold_boot(self) -> Vm:
         vm = self._new_vm()
         vm.start()
         seconds = boot_wait(vm, 600)
+        self.wait_link(vm)
         say(f"VM cold-booted to a running system in {seconds:.0f} s")
         return vm
 
@@ -270,22 +283,24 @@ def check_forward(vm: Vm, port: int) -> None:
 
 
 def check_link(vm: Vm) -> None:
-    """Both directions of the node link: host pty <-> /dev/virtio-ports/link."""
-    _, perms = vm.sh("stat -L -c '%G %a' /dev/virtio-ports/link")
+    """Both directions of the node link: host pty <-> the guest's PCI UART."""
+    _, dev = vm.sh(f"readlink -f {LINK}")
+    dev = dev.strip()
+    _, perms = vm.sh(f"stat -c '%G %a' {dev}")
     if perms.split() != ["dialout", "660"]:
-        raise CheckFailed(f"/dev/virtio-ports/link is {perms.strip()!r}, want dialout 660")
+        raise CheckFailed(f"{dev} is {perms.strip()!r}, want dialout 660")
     fd = os.open(vm.link_pty, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
     try:
         tty.setraw(fd)
-        # QEMU notices a reader on its pty within a second (it polls); until then the
-        # guest's port reads end of file.
+        # QEMU notices a reader on its pty within a second (it polls).
         time.sleep(2)
-        vm.sh("(timeout 30 head -c 8 /dev/virtio-ports/link > /tmp/link.in) & sleep 1")
+        vm.sh(f"stty -F {dev} raw -echo 115200")
+        vm.sh(f"(timeout 30 head -c 8 {dev} > /tmp/link.in) & sleep 1")
         os.write(fd, bytes(range(250, 256)) + b"\x00\x01")
         _, got = vm.sh("wait; od -An -tx1 /tmp/link.in", timeout=60)
         if got.split() != ["fa", "fb", "fc", "fd", "fe", "ff", "00", "01"]:
             raise CheckFailed(f"host -> guest over the link: got {got.strip()!r}")
-        vm.sh("printf 'from-guest' > /dev/virtio-ports/link")
+        vm.sh(f"printf 'from-guest' > {dev}")
         data = b""
         deadline = time.monotonic() + 20
         while len(data) < 10 and time.monotonic() < deadline:
@@ -295,7 +310,7 @@ def check_link(vm: Vm) -> None:
             raise CheckFailed(f"guest -> host over the link: got {data!r}")
     finally:
         os.close(fd)
-    passed("node link: /dev/virtio-ports/link (dialout 660) <-> host pty, raw bytes both ways")
+    passed(f"node link: {LINK} -> {dev} (dialout 660) <-> host pty, raw bytes both ways")
 
 
 def run_standin(scn: Scenario) -> None:

@@ -1,12 +1,14 @@
 """One arm64 VM under qemu-system-aarch64 (TCG), driven through a root shell on its
 serial console (a host pty, always read by a thread) and QMP (a unix socket).
 
-The node link is a virtio serial port named ``link`` backed by a second host pty
-(``Vm.link_pty``); the guest sees ``/dev/virtio-ports/link``. Networking is QEMU user
-networking with ``restrict=on`` and a single guest forward, 10.0.2.100:1883, whose
-connections QEMU hands to ``fwd.sh`` (socat to 127.0.0.1:$CITYSENSE_QEMU_MQTT_PORT on the
-host). The command line does not depend on the run, so a snapshot saved once loads in
-every run.
+The node link is a PCI 16550 UART (QEMU's pci-serial) backed by a second host pty
+(``Vm.link_pty``); the guest's 8250 driver makes it a real tty, ``/dev/ttyS0``, that
+pyserial can configure (a virtio console port is not a tty: pyserial's tcgetattr fails
+on it; QEMU's USB serial adapter can be neither snapshotted nor, on this xHCI, seen).
+Networking is QEMU user networking with ``restrict=on`` and a single guest forward,
+10.0.2.100:1883, whose connections QEMU hands to ``fwd.sh`` (socat to
+127.0.0.1:$CITYSENSE_QEMU_MQTT_PORT on the host). The command line does not depend on
+the run, so a snapshot saved once loads in every run.
 """
 
 from __future__ import annotations
@@ -73,9 +75,8 @@ class Vm:
             "-append", APPEND,
             "-drive", f"file={self.disk},if=virtio,format=qcow2",
             "-chardev", "pty,id=con", "-serial", "chardev:con",
-            "-device", "virtio-serial-pci",
             "-chardev", "pty,id=link",
-            "-device", "virtserialport,chardev=link,name=link",
+            "-device", "pci-serial,chardev=link",
             "-device", "virtio-rng-pci",
             "-netdev",
             "user,id=net,restrict=on,"

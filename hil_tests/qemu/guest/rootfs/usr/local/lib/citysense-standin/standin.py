@@ -7,7 +7,7 @@ import socket
 import sys
 import time
 
-LINK = "/dev/virtio-ports/link"
+LINK = "/dev/citysense-node"
 
 
 def notify(msg: str) -> None:
