@@ -123,8 +123,19 @@ class Agent:
                 _oldest_age, self.queue
             )
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(status, indent=1))
-            tmp.replace(path)
+            try:
+                tmp.write_text(json.dumps(status, indent=1))
+                tmp.replace(path)
+            except OSError as exc:  # e.g. disk full: the status file is not worth dying for
+                pipeline.rlog.log(
+                    logging.ERROR,
+                    "state-file",
+                    "event=state-file-failed path=%s error=%s",
+                    path,
+                    exc,
+                )
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
             self.notifier.status(
                 f"uplink {uplink.state}, queue {self.queue.depth} records, "
                 f"{len(ingest.links)} ports, {self.metrics.accepted} accepted"

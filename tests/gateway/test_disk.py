@@ -1,0 +1,109 @@
+"""The agent on a full file system (a 1 MiB tmpfs) and on a corrupt database."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from gwsupport import (
+    NodeSim,
+    Pty,
+    make_node,
+    scrape,
+    start_gateway,
+    stop,
+    wait_log,
+    write_config,
+    write_entry,
+)
+from support import free_port
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mnt)],
+        capture_output=True, timeout=30, check=False,
+    )  # fmt: skip
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], timeout=30, check=False)
+
+
+def test_disk_full_backpressure_no_corruption(tmp_path: Path, tiny_fs: Path) -> None:
+    node = make_node("esp32-0000000000d1")
+    cfg = write_config(
+        tmp_path / "gw.toml",
+        state_dir=f'"{tiny_fs / "state"}"',
+        max_bytes='"100MB"',  # far above the file system: the disk fills first
+    )
+    write_entry(tmp_path / "registry", node)
+    pty = Pty(tmp_path / "tty0")
+    log = tmp_path / "gw.log"
+    gw = start_gateway(cfg, log)
+    sim = NodeSim(node, pty)
+    try:
+        wait_log(log, "event=port-open")
+        deadline = time.monotonic() + 90
+        while not any(r == "busy" for _, r in sim.nacks):
+            assert time.monotonic() < deadline, "never got NACK busy"
+            for _ in range(16):
+                sim.new_record()
+            end = time.monotonic() + 0.5
+            while sim.unacked and time.monotonic() < end and not sim.nacks:
+                time.sleep(0.01)
+                sim.process()
+        time.sleep(1)
+        sim.process()
+        assert gw.poll() is None  # still running
+        assert {r for _, r in sim.nacks} == {"busy"}
+        acked = set(sim.acked)
+        assert len(acked) > 100
+    finally:
+        stop(gw)
+        pty.close()
+    conn = sqlite3.connect(tiny_fs / "state" / "queue.sqlite3")
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        rows = {s for (s,) in conn.execute("SELECT seq FROM records")}
+    finally:
+        conn.close()
+    assert acked <= rows  # every ACKed record is in the database
+    assert "event=record-rejected" in log.read_text() and "reason=busy" in log.read_text()
+
+
+def test_agent_reports_corrupt_database(tmp_path: Path) -> None:
+    metrics_port = free_port()
+    cfg = write_config(tmp_path / "gw.toml", listen=f'"127.0.0.1:{metrics_port}"')
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "queue.sqlite3").write_bytes(b"SQLite format 3\x00" + b"\xff" * 8000)
+    log = tmp_path / "gw.log"
+    gw = start_gateway(cfg, log)
+    try:
+        wait_log(log, "event=ready")
+        text = log.read_text()
+        assert "level=CRITICAL logger=citysense.queue event=queue-corrupt" in text
+        moved = sorted(state.glob("queue.sqlite3.corrupt-*"))
+        assert len(moved) == 1 and moved[0].read_bytes().startswith(b"SQLite format 3")
+        assert scrape(metrics_port)["citysense_queue_corrupt_total"] == 1
+        deadline = time.monotonic() + 10
+        while not (state / "status.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        status = json.loads((state / "status.json").read_text())
+        assert status["queue"]["moved_aside"] == str(moved[0])
+    finally:
+        stop(gw)
