@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import time
@@ -59,6 +60,9 @@ class Mosquitto:
             "max_queued_messages 100000",
             f"listener {port} 127.0.0.1",
         ]
+        if os.geteuid() == 0:
+            # as root Mosquitto drops to user "mosquitto", which cannot read 0600 keys
+            lines.insert(0, "user root")
         if tls is not None:
             lines += [
                 f"cafile {tls.ca_file}",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,11 +35,18 @@ _LAUNCH = (
 
 
 def _entry(flash: Path, cache: Path) -> tuple[Path, Path, str]:
-    """(boot.py, main.py, MICROPYPATH): the firmware deployed in DIR if there is one
-    (its lib used as deployed: .mpy or sources), else the checkout's, compiled to .mpy."""
+    """(boot.py, main.py, MICROPYPATH): the firmware deployed in DIR if there is one,
+    else the checkout's. Sources (a `deploy --source`, what deploy gives the emulator)
+    are compiled to .mpy first, as a deploy to an ESP32 would: compiling on import needs
+    compiler heap that a device-sized --heap does not have."""
     lib = flash / "lib" / "citysense"
-    if (flash / "main.py").exists() and ((lib / "app.py").exists() or (lib / "app.mpy").exists()):
+    if (flash / "main.py").exists() and (lib / "app.mpy").exists():
         return flash / "boot.py", flash / "main.py", str(flash / "lib")
+    if (flash / "main.py").exists() and (lib / "app.py").exists():
+        if cache.exists():
+            shutil.rmtree(cache)
+        compile_lib(flash / "lib", cache)
+        return flash / "boot.py", flash / "main.py", str(cache)
     fw = firmware_dir()
     if not (cache / "citysense").exists():
         compile_lib(fw / "lib", cache)
