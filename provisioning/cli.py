@@ -269,6 +269,11 @@ def _common(json_out: bool = False, port: bool = False) -> _Parser:
     return p
 
 
+def _registry_arg(p: argparse.ArgumentParser) -> None:
+    env = os.environ.get("CITYSENSE_REGISTRY")
+    p.add_argument("--registry", default=env, required=env is None, help="registry directory")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Flash, deploy, enroll and manage citysense nodes.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -289,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("enroll", parents=[_common(True, True)], help="key + config + registry")
-    p.add_argument("--registry", required=True)
+    _registry_arg(p)
     p.add_argument("--device-id")
     p.add_argument("--operator-pub", help="operator public key (.pub hex or PEM)")
     p.add_argument("--interval", type=int, help="sampling interval, seconds")
@@ -304,14 +309,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_enroll)
 
     p = sub.add_parser("verify", parents=[_common(True, True)], help="check device vs registry")
-    p.add_argument("--registry", required=True)
+    _registry_arg(p)
     p.add_argument("--operator-pub")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("registry", parents=[_common(True)], help="list/show/revoke devices")
     p.add_argument("action", choices=["list", "show", "revoke"])
     p.add_argument("device_id", nargs="?")
-    p.add_argument("--registry", required=True)
+    _registry_arg(p)
     p.set_defaults(func=cmd_registry)
 
     p = sub.add_parser("ca", parents=[_common()], help="a local CA for labs and tests")

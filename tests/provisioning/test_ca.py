@@ -15,9 +15,9 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import assert_one_line_error, run_cli
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from prov_support import assert_one_line_error, run_cli
 from support import free_port
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from conftest import NodeRepl, assert_one_line_error, mpremote, run_cli
+from prov_support import NodeRepl, assert_one_line_error, mpremote, run_cli
 from support import FIRMWARE_LIB, REPO
 
 from provisioning import deploy

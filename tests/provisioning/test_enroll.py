@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
-from conftest import NodeRepl, assert_one_line_error, mpremote, run_cli
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from prov_support import NodeRepl, assert_one_line_error, mpremote, run_cli
 
 SIGN_ON_DEVICE = (
     "from citysense import ed25519\n"
@@ -127,9 +128,11 @@ def test_enroll_key_made_on_device_matches_registry(
     assert len(entry["firmware_sha256"]) == 64
 
 
-def test_reenroll_replace_revoke_list_verify(node_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_reenroll_replace_revoke_list_verify(
+    node_factory: Callable[[str, str], NodeRepl], tmp_path: Path
+) -> None:
     registry = tmp_path / "registry"
-    first: NodeRepl = node_factory("first", "0a0b0c0d0e0f")
+    first = node_factory("first", "0a0b0c0d0e0f")
     deploy(first)
     s1 = enroll(first, registry, "--device-id", "kerb-7")
     assert s1["key"] == "new"
@@ -139,7 +142,7 @@ def test_reenroll_replace_revoke_list_verify(node_factory, tmp_path: Path) -> No
     assert (again["key"], again["public_key"]) == ("kept", s1["public_key"])
 
     # a replacement node under the same id is refused without --replace ...
-    second: NodeRepl = node_factory("second", "1a1b1c1d1e1f")
+    second = node_factory("second", "1a1b1c1d1e1f")
     deploy(second)
     before = (registry / "kerb-7.json").read_text()
     res = run_cli(

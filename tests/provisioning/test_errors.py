@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 import serial
-from conftest import NodeRepl, assert_one_line_error, run_cli, standin_cmd, start_node
+from prov_support import (
+    NodeRepl,
+    Result,
+    assert_one_line_error,
+    run_cli,
+    standin_cmd,
+    start_node,
+)
 from support import REPO
 
 from provisioning.transport import device_error, open_error
@@ -69,8 +76,6 @@ def test_permission_denied_as_unprivileged_user() -> None:
         os.close(slave)
     if "ModuleNotFoundError" in proc.stderr or "Permission denied: '" in proc.stderr:
         pytest.skip(f"the venv is not readable by nobody: {proc.stderr.strip()[-200:]}")
-    from conftest import Result
-
     res = Result(proc.returncode, proc.stdout, proc.stderr)
     assert_one_line_error(res, f"permission denied opening {tty}", "dialout group")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import NodeRepl
+from prov_support import NodeRepl
 
 from provisioning.device import Device
 from provisioning.errors import DeviceError, OutOfFlashError, ReplError
