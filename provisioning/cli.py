@@ -157,6 +157,11 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         op_fp = summary["operator_key_fingerprint"]
         print(f"  operator key {op_fp or 'MISSING: the node will refuse every COMMAND'}")
         print(f"  firmware     {summary['firmware_sha256']}")
+        if summary["previous_device_id"]:
+            print(
+                f"note: this node was enrolled as {summary['previous_device_id']} before;"
+                f" revoke that id if it is no longer used"
+            )
         if summary["target"] == "esp32":
             print("press EN (reset) on the node to start it with this configuration")
 

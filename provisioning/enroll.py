@@ -9,6 +9,7 @@ finds a pending seed whose public key the registry already has and completes the
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,8 @@ def _conflict(device_id: str, old: registry.Entry) -> RegistryError:
 
 def enroll(device: Device, opts: EnrollOptions, progress: Progress) -> dict[str, Any]:
     reg = registry.require_dir(opts.registry, create=True)
+    if not os.access(reg, os.W_OK):
+        raise RegistryError(f"registry directory {reg} is not writable, check --registry")
     device_id = registry.check_device_id(opts.device_id or default_device_id(device))
     old = registry.load(reg, device_id)
     progress(f"enrolling {device_id}")
@@ -138,7 +141,9 @@ def enroll(device: Device, opts: EnrollOptions, progress: Progress) -> dict[str,
         progress("generating the device key on the device")
         public_key = device.generate_key(KEY_NEW_PATH)
     progress("writing the configuration")
-    config = build_config(device_id, read_device_config(device), opts)
+    previous = read_device_config(device)
+    previous_id = previous.get("device_id") if previous else None
+    config = build_config(device_id, previous, opts)
     device.put(CONFIG_PATH, (json.dumps(config) + "\n").encode())
     if opts.operator_pub is not None:
         device.put(OPERATOR_PATH, opts.operator_pub)
@@ -173,6 +178,7 @@ def enroll(device: Device, opts: EnrollOptions, progress: Progress) -> dict[str,
         else None,
         "config": config,
         "target": "emulator" if device.is_emulator else "esp32",
+        "previous_device_id": previous_id if previous_id != device_id else None,
     }
 
 

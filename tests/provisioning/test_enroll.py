@@ -202,3 +202,8 @@ def test_reenroll_replace_revoke_list_verify(
         "enroll", "--port", str(second.port), "--registry", str(registry), "--device-id", "kerb-7"
     )
     assert_one_line_error(res, "kerb-7 is revoked in the registry", "--replace")
+
+    # the replaced board, re-used under a new id: fresh key, and a note about its old id
+    moved = enroll(first, registry, "--device-id", "kerb-9")
+    assert (moved["key"], moved["previous_device_id"]) == ("new", "kerb-7")
+    assert moved["public_key"] not in (s1["public_key"], s2["public_key"])
