@@ -30,7 +30,9 @@ def public_key(seed: bytes) -> bytes:
     return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
-def provision(flash: Path, device_id: str = "esp32-test", interval: int = 1, batch: int = 1) -> None:
+def provision(
+    flash: Path, device_id: str = "esp32-test", interval: int = 1, batch: int = 1
+) -> None:
     cfg = flash / "config"
     cfg.mkdir(parents=True, exist_ok=True)
     (cfg / "device.json").write_text(

@@ -29,7 +29,7 @@ except ImportError:
 VERSION = "0.1.0"
 _WDT_MS = const(10000)
 _STALE_MS = const(8000)  # a task silent this long is unhealthy: stop feeding the WDT
-_HELLO_PROBLEM_MS = const(10000)
+_HELLO_PROBLEM_MS = const(5000)
 _READ_CHUNK = const(256)
 
 
@@ -220,13 +220,16 @@ class Node:
             await asyncio.sleep_ms(2000)
             self.beat_sampler = self.clock.now()
             cfg = config.load(self.cfg.device_id)
+            self.cfg.problem = cfg.problem  # what the next HELLO reports
             if not cfg.fatal:
                 hal.reset()  # provisioned: start again with the new config
 
 
 def _on_error(loop, context):
     # a task died: log it; the watchdog stops being fed and resets the node
-    print("citysense: task error:", context.get("message"), context.get("exception"), file=sys.stderr)
+    print(
+        "citysense: task error:", context.get("message"), context.get("exception"), file=sys.stderr
+    )
 
 
 async def main(node=None, encoder=None, decoder=None):

@@ -47,12 +47,18 @@ def parse_calibration(c00, c26):
     return t_p + (h1, h2, h3, h4, h5, h6)
 
 
+def fine_temperature(cal, adc_t):
+    """The datasheet's t_fine (fine temperature, shared by the P and H formulas)."""
+    t1, t2, t3 = cal[0], cal[1], cal[2]
+    var1 = (((adc_t >> 3) - (t1 << 1)) * t2) >> 11
+    var2 = (((((adc_t >> 4) - t1) * ((adc_t >> 4) - t1)) >> 12) * t3) >> 14
+    return var1 + var2
+
+
 def compensate(cal, adc_t, adc_p, adc_h):
     """Raw ADC values -> (T in 0.01 deg C, P in Pa*256, H in %RH*1024), all ints."""
     t1, t2, t3, p1, p2, p3, p4, p5, p6, p7, p8, p9, h1, h2, h3, h4, h5, h6 = cal
-    var1 = (((adc_t >> 3) - (t1 << 1)) * t2) >> 11
-    var2 = (((((adc_t >> 4) - t1) * ((adc_t >> 4) - t1)) >> 12) * t3) >> 14
-    t_fine = var1 + var2
+    t_fine = fine_temperature(cal, adc_t)
     temp = (t_fine * 5 + 128) >> 8
     # pressure (64-bit integer formula)
     var1 = t_fine - 128000
