@@ -53,6 +53,7 @@ class Uplink:
         self.results: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=1000)
         self._done: list[QueuedRecord] = []
         self.connected_since: float | None = None
+        self._proven = False  # a connection has succeeded with self.protocol
 
     def publish_result(self, device: str, body: bytes) -> None:
         """COMMAND_RESULT bytes to send up (best effort, bounded)."""
@@ -103,6 +104,7 @@ class Uplink:
                 self.state = "connecting"
                 async with self._client() as client:
                     self.state = "connected"
+                    self._proven = True
                     self.connected_since = time.time()
                     self.metrics.uplink_connected = 1
                     log.info(
@@ -117,10 +119,29 @@ class Uplink:
                 self.last_error = str(exc)
                 rc = getattr(exc, "rc", None)
                 code = getattr(rc, "value", rc)
-                if self.protocol == aiomqtt.ProtocolVersion.V5 and code in _V5_REFUSED:
-                    log.warning("event=uplink-v5-refused action='falling back to MQTT 3.1.1'")
-                    self.protocol = aiomqtt.ProtocolVersion.V311
-                    continue
+                if (
+                    self.state == "connecting"
+                    and not self._proven
+                    and (
+                        code in _V5_REFUSED
+                        or self.protocol == aiomqtt.ProtocolVersion.V311
+                        or code is None
+                    )
+                ):
+                    # the broker answered TCP but not our CONNECT: try the other version
+                    # (until one has worked once; then keep it)
+                    self.protocol = (
+                        aiomqtt.ProtocolVersion.V311
+                        if self.protocol == aiomqtt.ProtocolVersion.V5
+                        else aiomqtt.ProtocolVersion.V5
+                    )
+                    log.warning(
+                        "event=uplink-protocol-fallback protocol=%s error=%s",
+                        self.protocol.name,
+                        exc,
+                    )
+                    if self.protocol == aiomqtt.ProtocolVersion.V311:
+                        continue
                 log.warning("event=uplink-lost error=%s retry_in=%.1fs", exc, backoff)
             except (OSError, ssl.SSLError) as exc:
                 self.last_error = str(exc)
