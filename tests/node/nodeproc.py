@@ -5,12 +5,13 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import tempfile
 import subprocess
+import tempfile
 from pathlib import Path
 
-from emulator.mpy import compile_lib
 from support import FIRMWARE_LIB, micropython_path
+
+from emulator.mpy import compile_lib
 
 HERE = Path(__file__).resolve().parent
 MP = HERE / "mp"

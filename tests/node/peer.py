@@ -17,9 +17,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from gateway.protocol import FrameDecoder, FrameType, ProtocolError, encode_frame
 from nodeproc import MP, mp_env
 from support import micropython_path
+
+from gateway.protocol import FrameDecoder, FrameType, ProtocolError, encode_frame
 
 DEVICE_SEED = bytes(range(32))
 OPERATOR_SEED = bytes(range(100, 132))

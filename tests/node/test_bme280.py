@@ -9,7 +9,7 @@ from nodeproc import run
 from support import FIRMWARE_LIB
 
 sys.path.insert(0, str(FIRMWARE_LIB))
-from citysense import bme280  # noqa: E402
+from citysense import bme280
 
 # Bosch datasheet (BMP280/BME280 compensation example): trimming values and raw readings
 CAL_TP = (27504, 26435, -1000, 36477, -10685, 3024, 2855, 140, -7, 15500, -14600, 6000)

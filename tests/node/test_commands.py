@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from peer import DEVICE_SEED, OPERATOR_SEED, NodeProc, provision, public_key
+
 from gateway.protocol import (
     Command,
     FrameType,
@@ -13,7 +15,6 @@ from gateway.protocol import (
     decode_hello,
     sign_command,
 )
-from peer import DEVICE_SEED, OPERATOR_SEED, NodeProc, provision, public_key
 
 DEVICE_PUB = public_key(DEVICE_SEED)
 SKIP = (FrameType.HELLO, FrameType.RECORD)

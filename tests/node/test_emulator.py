@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway.protocol import Command, FrameType, decode_hello, encode_ack, sign_command
 from peer import OPERATOR_SEED, Peer, provision
+
+from gateway.protocol import Command, FrameType, decode_hello, encode_ack, sign_command
 
 BIN = Path(sys.executable).parent
 
@@ -145,7 +146,7 @@ def test_run_events_power_cut_and_soft_reboot(tmp_path: Path, emulators: list[Em
         deadline = time.monotonic() + 30
         while not [e for e in emu2.events(0.2) if e["ev"] == "record"]:
             assert time.monotonic() < deadline
-        first = [e for e in emu2.events() if e["ev"] == "record"][0]
+        first = next(e for e in emu2.events() if e["ev"] == "record")
         assert first["seq"] == 129  # after two boots: never a reused seq
     finally:
         os.close(peer.fd)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 
 import cbor2
+from peer import DEVICE_SEED, NodeProc, public_key
+
 from gateway.protocol import (
     FrameType,
     NackReason,
@@ -15,7 +17,6 @@ from gateway.protocol import (
     encode_time,
     verify1,
 )
-from peer import DEVICE_SEED, NodeProc, public_key
 
 PUB = public_key(DEVICE_SEED)
 SKIP_HELLO = (FrameType.HELLO,)
