@@ -46,6 +46,9 @@ from .registry import Registry
 log = logging.getLogger("citysense.pipeline")
 T = TypeVar("T")
 
+BUSY_HOLD = 5.0
+"""Seconds a device's later records are held back after one of its records got NACK busy."""
+
 
 class Link(Protocol):
     """Where a frame came from and where its answer goes (a serial port)."""
@@ -97,6 +100,7 @@ class Pipeline:
         self._pending: list[_Pending] = []
         self._pending_high: dict[str, int] = {}
         self._pending_bytes = 0
+        self._busy_floor: dict[str, tuple[int, float]] = {}
         self._wake = asyncio.Event()
         self.stored_event = asyncio.Event()
         self.heartbeat = time.monotonic()
@@ -248,8 +252,15 @@ class Pipeline:
                 link.send(encode_frame(FrameType.ACK, encode_ack(stored)))
             # else: the original is in the pending batch; its ACK follows the commit
             return
+        floor = self._busy_floor.get(device_id)
+        if floor is not None:
+            if seq > floor[0] and time.monotonic() - floor[1] < BUSY_HOLD:
+                # keep the device's records in order: the NACKed one must come first
+                self._reject(link, device_id, seq, NackReason.BUSY, f"seq {floor[0]} first")
+                return
+            del self._busy_floor[device_id]
         if not self.queue.room_for(self._pending_bytes + len(body)):
-            self._reject(link, device_id, seq, NackReason.BUSY, "queue at max_bytes")
+            self._busy(link, device_id, seq, "queue at max_bytes")
             return
         record = NewRecord(device_id, seq, int(time.time() * 1000), body, meta)
         self._pending.append(_Pending(record, link))
@@ -257,6 +268,18 @@ class Pipeline:
         self._pending_bytes += len(body) + ROW_OVERHEAD
         dev.last_seq = seq
         self._wake.set()
+
+    def _busy(self, link: Link, device_id: str, seq: int, why: str) -> None:
+        """NACK busy, and hold later seqs of this device until this one is stored.
+
+        Without the hold, a pipelined seq+1 could be stored once room frees up, after
+        which seq could only be refused as a replay. The hold expires after BUSY_HOLD
+        seconds in case the node dropped seq (full buffer) and never sends it again.
+        """
+        prev = self._busy_floor.get(device_id)
+        if prev is None or seq < prev[0]:
+            self._busy_floor[device_id] = (seq, time.monotonic())
+        self._reject(link, device_id, seq, NackReason.BUSY, why)
 
     async def _on_command_result(self, link: Link, body: bytes) -> None:
         try:
@@ -314,13 +337,13 @@ class Pipeline:
         except QueueFullError as exc:
             self._drop_pending(batch)
             for p in batch:
-                self._reject(p.link, p.record.device_id, p.record.seq, NackReason.BUSY, str(exc))
+                self._busy(p.link, p.record.device_id, p.record.seq, str(exc))
             return
         except Exception as exc:
             self._drop_pending(batch)
             log.error("event=queue-store-failed error=%s", exc)
             for p in batch:
-                self._reject(p.link, p.record.device_id, p.record.seq, NackReason.BUSY, str(exc))
+                self._busy(p.link, p.record.device_id, p.record.seq, str(exc))
             return
         self._drop_pending(batch)
         self.metrics.accepted += len(batch)

@@ -142,13 +142,15 @@ def test_bound_gives_busy_then_recovers(tmp_path: Path) -> None:
 
     async def scenario(p: Pipeline, reg: Registry, q: Queue, link: FakeLink) -> None:
         reg.refresh()
-        await feed(p, link, *(node.record_frame(s) for s in (1, 2, 3, 4)))
-        assert link.answers() == [("NACK", (4, "busy")), ("ACK", 3)]
+        await feed(p, link, *(node.record_frame(s) for s in (1, 2, 3, 4, 5)))
+        assert link.answers() == [("NACK", (4, "busy")), ("NACK", (5, "busy")), ("ACK", 3)]
         assert q.depth == 3
-        q.delete([r.id for r in q.peek(0, 1)])
-        await feed(p, link, node.record_frame(4))
-        assert link.answers() == [("ACK", 4)]
-        assert q.all_keys() == [("esp32-01", 2), ("esp32-01", 3), ("esp32-01", 4)]
+        q.delete([r.id for r in q.peek(0, 2)])  # room for two again
+        await feed(p, link, node.record_frame(5))  # 4 must come first: held back
+        assert link.answers() == [("NACK", (5, "busy"))]
+        await feed(p, link, node.record_frame(4), node.record_frame(5))
+        assert link.answers() == [("ACK", 5)]
+        assert q.all_keys() == [("esp32-01", 3), ("esp32-01", 4), ("esp32-01", 5)]
 
     run(tmp_path, scenario, max_bytes=3 * size + 10)
 
