@@ -22,9 +22,10 @@ from .errors import DeviceError, ProvisionError, RegistryError
 DEFAULT_CONFIG: dict[str, Any] = {
     "interval_s": 60,
     "batch": 5,
-    "link": {"uart": 2, "tx": 17, "rx": 16, "baud": 115200},
+    "link": {"uart": 1, "tx": 17, "rx": 16, "baud": 115200},
     "sensors": ["bme280", "battery"],
 }
+MAX_BATCH = 64  # the node refuses a bigger batch (firmware config.py)
 BAUDS = (9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
 
 
@@ -67,7 +68,7 @@ def build_config(device_id: str, old: dict[str, Any] | None, opts: EnrollOptions
     return {
         "device_id": device_id,
         "interval_s": _check_range("--interval", interval, 1, 86400),
-        "batch": _check_range("--batch", batch, 1, 100),
+        "batch": _check_range("--batch", batch, 1, MAX_BATCH),
         "link": link,
         "sensors": sensors,
     }

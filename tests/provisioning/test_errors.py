@@ -171,7 +171,7 @@ def test_enroll_errors(node: NodeRepl, tmp_path: Path) -> None:
         "--batch",
         "0",
     )
-    assert_one_line_error(res, "--batch 0 is out of range, use 1..100")
+    assert_one_line_error(res, "--batch 0 is out of range, use 1..64")
     assert list(reg.glob("*.json")) == []
 
 
