@@ -160,7 +160,9 @@ def build_base() -> Path:
 # ---------------------------------------------------------------- image stage
 
 UNIT = REPO / "packaging" / "systemd" / "citysense-gateway.service"
+UDEV_RULES = REPO / "packaging" / "udev" / "99-citysense-serial.rules"
 GATEWAY_INPUTS = [
+    REPO / "packaging",
     REPO / "gateway",
     REPO / "pyproject.toml",
     REPO / "requirements" / "constraints.txt",
@@ -319,6 +321,8 @@ def install_gateway(root: Path, work: Path) -> None:
     launcher.write_text(LAUNCHER)
     launcher.chmod(0o755)
     shutil.copy2(UNIT, root / "etc" / "systemd" / "system" / UNIT.name)
+    if UDEV_RULES.exists():
+        shutil.copy2(UDEV_RULES, root / "etc" / "udev" / "rules.d" / UDEV_RULES.name)
 
 
 def build_image() -> Path:

@@ -91,7 +91,9 @@ class Flow:
     def provision_guest(self, vm: Vm) -> None:
         vm.put_file(f"{GUEST_TLS}/ca.pem", self.ca.ca_file.read_bytes(), "0644")
         vm.put_file(f"{GUEST_TLS}/{GATEWAY_ID}.pem", self.gateway.cert.read_bytes(), "0644")
-        vm.put_file(f"{GUEST_TLS}/{GATEWAY_ID}.key", self.gateway.key.read_bytes(), "0600")
+        # as docs/gateway.md says: the DynamicUser service reads its key through dialout
+        key = self.gateway.key.read_bytes()
+        vm.put_file(f"{GUEST_TLS}/{GATEWAY_ID}.key", key, "0640", group="dialout")
         vm.put_file(f"{GUEST_REGISTRY}/{self.device_id}.json", self.registry_entry(), "0644")
         vm.sh("sync")
 

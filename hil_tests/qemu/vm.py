@@ -293,7 +293,7 @@ class Vm:
             raise VmError(f"guest command failed ({rc}): {cmd}\n{out}")
         return rc, out
 
-    def put_file(self, path: str, data: bytes, mode: str = "0600") -> None:
+    def put_file(self, path: str, data: bytes, mode: str = "0600", group: str = "root") -> None:
         """Write a small file in the guest through the console (base64 in short lines)."""
         tmp = f"{path}.b64"
         self.sh(f"mkdir -p $(dirname {path}) && : > {tmp}")
@@ -301,6 +301,7 @@ class Vm:
         for i in range(0, len(text), 800):
             self.sh(f"printf '%s' '{text[i : i + 800]}' >> {tmp}")
         self.sh(f"base64 -d {tmp} > {path} && rm {tmp} && chmod {mode} {path}")
+        self.sh(f"chgrp {group} {path}")
 
 
 def boot_wait(vm: Vm, timeout: float) -> float:
