@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import serial
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prov_support import NodeRepl, assert_one_line_error, mpremote, run_cli
+
+from gateway.protocol import FrameDecoder, FrameType, ProtocolError, decode_hello, verify1
 
 SIGN_ON_DEVICE = (
     "from citysense import ed25519\n"
@@ -207,3 +213,44 @@ def test_reenroll_replace_revoke_list_verify(
     moved = enroll(first, registry, "--device-id", "kerb-9")
     assert (moved["key"], moved["previous_device_id"]) == ("new", "kerb-7")
     assert moved["public_key"] not in (s1["public_key"], s2["public_key"])
+
+
+def test_node_app_runs_on_the_enrolled_flash(node: NodeRepl, tmp_path: Path) -> None:
+    """The provisioned flash boots the real node app (`citysense-emulator run`): HELLO
+    reports no config problem, and its records verify with the registry's key."""
+    deploy(node)
+    registry = tmp_path / "registry"
+    summary = enroll(node, registry, "--interval", "1", "--batch", "1")
+    node.stop()  # unplug from the laptop; power the node on its own
+    link = tmp_path / "link.tty"
+    exe = Path(sys.executable).parent / "citysense-emulator"
+    run = [str(exe), "run", "--flash", str(node.flash), "--link", str(link)]
+    run += ["--unique-id", node.uid]  # fmt: skip
+    proc = subprocess.Popen(run, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not link.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pub = bytes.fromhex(str(summary["public_key"]))
+        hellos, records = [], []
+        decoder = FrameDecoder()
+        with serial.Serial(str(link), timeout=0.2) as port:
+            while not records and time.monotonic() < deadline:
+                decoder.feed(port.read(4096))
+                while True:
+                    try:
+                        frame = decoder.next_frame()
+                    except ProtocolError:
+                        continue
+                    if frame is None:
+                        break
+                    if frame.type == FrameType.HELLO:
+                        hellos.append(decode_hello(frame.body))
+                    elif frame.type == FrameType.RECORD:
+                        records.append(verify1(pub, frame.body))
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert hellos and hellos[0].device_id == summary["device_id"]
+    assert hellos[0].problem is None
+    assert records and records[0][0] == str(summary["device_id"]).encode()
