@@ -81,7 +81,7 @@ class Uplink:
         ).encode()
 
     def _client(self) -> aiomqtt.Client:
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             self.cfg.host,
             self.cfg.port,
             identifier=self.cfg.client_id,
@@ -95,6 +95,9 @@ class Uplink:
             max_inflight_messages=self.cfg.window,
             clean_session=True if self.protocol != aiomqtt.ProtocolVersion.V5 else None,
         )
+        # a full window of QoS 1 publishes is normal here, not worth a warning each
+        client.pending_calls_threshold = self.cfg.window + 16
+        return client
 
     async def run(self) -> None:
         backoff = BACKOFF_MIN

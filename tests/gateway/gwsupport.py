@@ -509,14 +509,16 @@ class NodeSim:
     def settle(self, timeout: float = 30) -> None:
         """Resend until everything is ACKed."""
         deadline = time.monotonic() + timeout
-        while self.unacked:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(self.unacked)} records never ACKed")
-            self.resend()
-            end = time.monotonic() + 1.0
+        while True:
+            end = time.monotonic() + 1.0  # an ACK timeout, like a node's
             while self.unacked and time.monotonic() < end:
                 time.sleep(0.02)
                 self.process()
+            if not self.unacked:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(self.unacked)} records never ACKed")
+            self.resend()
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -584,6 +586,8 @@ class CuttableProxy:
 
     def cut(self) -> None:
         if self._listener is not None:
+            with contextlib.suppress(OSError):  # wakes a thread blocked in accept()
+                self._listener.shutdown(socket.SHUT_RDWR)
             self._listener.close()
             self._listener = None
         with self._lock:

@@ -72,6 +72,7 @@ def test_broker_outage_loses_nothing_keeps_order(tmp_path: Path) -> None:
             sub.wait_count("/records", 50)
             proxy.cut()
             wait_log(log, "event=uplink-lost")
+            wait_log(log, "Connection refused")  # the outage is real
             t_end = time.monotonic() + OUTAGE_S
             while time.monotonic() < t_end:  # the node keeps reporting; the queue holds it
                 sim.new_record()
