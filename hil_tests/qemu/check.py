@@ -32,24 +32,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parents[1]), str(HERE.parents[1] / "tests")]
 
+from report import CheckFailed, passed, say  # noqa: E402
 from vm import Vm, VmError, boot_wait, ensure_snapshot  # noqa: E402
 
 import build  # noqa: E402
 
 MAX_EXPOSURE = 2.0
 LINK = "/dev/citysense-node"  # guest/rootfs/etc/udev/rules.d/70-citysense-node.rules
-
-
-class CheckFailed(Exception):
-    pass
-
-
-def say(msg: str) -> None:
-    print(f"qemu-check: {msg}", flush=True)
-
-
-def passed(what: str) -> None:
-    print(f"qemu-check: PASS {what}", flush=True)
 
 
 def poll(what: str, fn: Callable[[], bool], timeout: float, every: float = 0.5) -> float:

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from node import ProtocolNode
 from pki import LabCA
+from report import CheckFailed, passed
 from vm import Vm
 
 from citysense_lab.broker import BrokerTLS, Mosquitto, acl_for
@@ -140,8 +141,6 @@ class Flow:
 
 
 def run(scn: Scenario) -> None:
-    from check import CheckFailed
-
     flow = Flow(scn.work, scn.mqtt_port)
     try:
         _run(scn, flow)
@@ -152,8 +151,6 @@ def run(scn: Scenario) -> None:
 
 
 def _run(scn: Scenario, flow: Flow) -> None:
-    from check import passed
-
     flow.broker.start()
     flow.consumer.start()
     vm = scn.resume_snapshot()

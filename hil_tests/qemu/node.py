@@ -124,14 +124,18 @@ class ProtocolNode:
             self.unacked[seq] = 0.0
 
     def _flush(self) -> None:
+        """Stop-and-wait, oldest first: records reach the gateway in seq order even when
+        the line loses a frame (the gateway's replay check and cumulative ACK rely on it)."""
         now = time.monotonic()
         with self._lock:
-            due = [s for s, t in sorted(self.unacked.items()) if now - t >= RESEND_AFTER]
-            for seq in due:
-                self.unacked[seq] = now
-            frames = [encode_frame(FrameType.RECORD, self.records[s]) for s in due]
-        for frame in frames:
-            self._send(frame)
+            if not self.unacked:
+                return
+            seq = min(self.unacked)
+            if now - self.unacked[seq] < RESEND_AFTER:
+                return
+            self.unacked[seq] = now
+            frame = encode_frame(FrameType.RECORD, self.records[seq])
+        self._send(frame)
 
     def _receive(self, decoder: FrameDecoder) -> None:
         try:
