@@ -84,6 +84,8 @@ class Queue:
         try:
             conn = _connect(path, max_page_count)
         except (sqlite3.DatabaseError, QueueCorruptError) as exc:
+            if not _is_corrupt(exc):
+                raise  # e.g. unreadable, locked by another instance: not ours to move
             moved = move_aside(path)
             log.critical(
                 "event=queue-corrupt path=%s moved_to=%s error=%s "
@@ -206,6 +208,15 @@ def _connect(path: Path, max_page_count: int | None) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _is_corrupt(exc: BaseException) -> bool:
+    if isinstance(exc, QueueCorruptError):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return True
+    return code is None and not isinstance(exc, sqlite3.OperationalError)
 
 
 def move_aside(path: Path) -> Path:

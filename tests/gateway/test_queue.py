@@ -99,3 +99,50 @@ def test_not_a_database_moved_aside(tmp_path: Path) -> None:
     q = Queue.open(path, 1_000_000)
     assert q.moved_aside is not None and q.moved_aside.exists()
     q.close()
+
+
+def test_unreadable_database_is_not_moved_aside(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite3"
+    Queue.open(path, 1_000_000).close()
+    conn = sqlite3.connect(path)
+    conn.execute("BEGIN EXCLUSIVE")  # another process holds it: locked, not corrupt
+    try:
+        with pytest.raises(sqlite3.OperationalError):
+            q = Queue.open(path, 1_000_000)
+            q.conn.execute("PRAGMA busy_timeout=0")
+            q.store([rec(1)])
+    finally:
+        conn.rollback()
+        conn.close()
+    assert sorted(p.name for p in tmp_path.iterdir() if "corrupt" in p.name) == []
+
+
+def test_queue_stats_cli(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from gwsupport import write_config
+    from support import REPO
+
+    cfg = write_config(tmp_path / "gw.toml")
+    q = Queue.open(tmp_path / "state" / "queue.sqlite3", 1_000_000)
+    q.store([rec(1), rec(2), rec(7, "d2")])
+    q.close()
+    res = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "queue", "stats", "--config", str(cfg)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith(
+        f"queue {tmp_path / 'state' / 'queue.sqlite3'}: 3 records, {3 * (100 + ROW_OVERHEAD)} "
+        "bytes (max 4000000), oldest "
+    )
+    assert lines[1:] == [
+        "  d1                       queued 2  high_seq 2",
+        "  d2                       queued 1  high_seq 7",
+    ]
