@@ -23,7 +23,7 @@ from .uplink import Uplink
 
 log = logging.getLogger("citysense.agent")
 
-STALE_AFTER = 10.0
+STALE_AFTER = 20.0
 """A component whose heartbeat is older than this is considered hung."""
 DRAIN_TIMEOUT = 7.0
 
