@@ -39,7 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--flash", type=Path, required=True, help="the node's flash (a folder)")
     r.add_argument("--link", type=Path, required=True, help="path of the data-link pty")
     r.add_argument(
-        "--heap", type=_heap, default="128k", help="MicroPython heap (default 128k, see docs)"
+        "--heap",
+        type=_heap,
+        default="96k",
+        help="the device's heap (default 96k); the 64-bit unix port gets 1.5x (see docs)",
     )
     r.add_argument(
         "--sensors", type=_sensors, default="bme280,battery", help="attached emulated sensors"

@@ -27,6 +27,10 @@ def mpy_cross() -> str:
 def compile_lib(src: Path, out: Path) -> Path:
     """Compile every .py under `src` (a lib folder) into `out`, same layout; returns out."""
     tool = mpy_cross()
+    for mpy in sorted(src.rglob("*.mpy")):  # already compiled (an ESP32-style deploy)
+        dst = out / mpy.relative_to(src)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(mpy, dst)
     for py in sorted(src.rglob("*.py")):
         if "__pycache__" in py.parts:
             continue

@@ -93,7 +93,8 @@ class Peer:
 class NodeProc:
     """micropython running mp/<script> with the data UART on a pty; the peer on the other end."""
 
-    def __init__(self, flash: Path, script: str = "fastnode.py", heap: str = "128k") -> None:
+    # 144k = what `citysense-emulator run --heap 96k` gives the 64-bit unix port (1.5x)
+    def __init__(self, flash: Path, script: str = "fastnode.py", heap: str = "144k") -> None:
         master, slave = os.openpty()
         tty.setraw(master)
         tty.setraw(slave)
