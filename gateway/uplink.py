@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -174,6 +175,14 @@ class Uplink:
                 tg.create_task(self._results(client), name="uplink-results")
         except ExceptionGroup as eg:
             raise first_leaf(eg) from eg
+        except asyncio.CancelledError:
+            # a clean disconnect does not fire the last will: say offline ourselves
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    client.publish(f"citysense/v1/{self.gw}/status", self._status(False), 1, True),
+                    2.0,
+                )
+            raise
 
     def _properties(self, rec: QueuedRecord) -> Properties | None:
         if self.protocol != aiomqtt.ProtocolVersion.V5:
@@ -194,7 +203,7 @@ class Uplink:
         async with asyncio.TaskGroup() as tg:
             while True:
                 self.heartbeat = time.monotonic()
-                rows = await self.pipeline.run_db(self.queue.peek, cursor, self.cfg.window)
+                rows = await self.pipeline.run_db(self.queue.peek, cursor, 4 * self.cfg.window)
                 if not rows:
                     await self._flush_done()
                     self.pipeline.stored_event.clear()
@@ -213,8 +222,8 @@ class Uplink:
                             await self._flush_done()
                     tg.create_task(self._publish_one(client, rec, window))
                     cursor = rec.id
-                if len(self._done) >= self.cfg.window:
-                    await self._flush_done()
+                if len(self._done) >= 4 * self.cfg.window:
+                    await self._flush_done()  # one delete transaction for many PUBACKs
 
     async def _publish_one(
         self, client: aiomqtt.Client, rec: QueuedRecord, window: asyncio.Semaphore

@@ -133,10 +133,18 @@ def test_tls_records_commands_status(tmp_path: Path) -> None:
             assert s["devices"][node.device_id]["seq"] == 10
             assert s["devices"][node.device_id]["port"] == str(tmp_path / "tty0")
             assert s["queue_db"]["depth"] == 0
+            code = stop(gw)
+            assert code == 0
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                states = [
+                    json.loads(m[1])["state"] for m in sub.snapshot() if m[0].endswith("/status")
+                ]
+                if states[-1] == "offline":
+                    break
+                time.sleep(0.05)
+            assert states[-1] == "offline"  # a clean stop says so (the will covers crashes)
         finally:
             sub.close()
-            code = stop(gw)
+            stop(gw)
             pty.close()
-        assert code == 0
-        offline = [m for m in sub.snapshot() if m[0].endswith("/status")]
-        assert offline  # at least the online message was seen
