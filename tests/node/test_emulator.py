@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 from peer import OPERATOR_SEED, Peer, provision
+from support import FIRMWARE_LIB
 
 from gateway.protocol import Command, FrameType, decode_hello, encode_ack, sign_command
 
@@ -188,3 +190,24 @@ def test_repl_with_mpremote(tmp_path: Path, emulators: list[Emulator]) -> None:
     assert (flash / "config" / "hello.txt").read_text() == "hi there\n"
     assert "hello.txt" in _mpremote(port, "fs", "ls", ":config")
     assert _mpremote(port, "fs", "cat", ":config/hello.txt") == "hi there\n"
+
+
+def test_watchdog_resets_a_hung_node(tmp_path: Path, emulators: list[Emulator]) -> None:
+    """A deployed firmware that arms the WDT and hangs is reset with cause "wdt"."""
+    flash, link = tmp_path / "flash", tmp_path / "node.tty"
+    lib = flash / "lib" / "citysense"
+    shutil.copytree(FIRMWARE_LIB / "citysense" / "hal", lib / "hal")
+    (lib / "app.py").write_text("")
+    (flash / "boot.py").write_text("")
+    (flash / "main.py").write_text(
+        "import time\n"
+        "from citysense import hal\n"
+        'print(\'{"ev": "boot", "cause": "%s"}\' % hal.reset_cause())\n'
+        "hal.wdt(300).feed()\n"
+        "while True:\n"
+        "    time.sleep(1)\n"
+    )
+    emu = Emulator(["run", "--flash", str(flash), "--link", str(link)], tmp_path)
+    emulators.append(emu)
+    emu.wait_event({"ev": "boot", "cause": "power-on"})
+    emu.wait_event({"ev": "boot", "cause": "wdt"})
