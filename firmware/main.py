@@ -25,5 +25,5 @@ else:
     except SystemExit:
         raise
     except BaseException as exc:  # the global handler: log, then a clean reset
-        sys.print_exception(exc)
+        sys.print_exception(exc, sys.stderr)
         hal.crash()
