@@ -112,3 +112,22 @@ def test_time_switches_the_time_base(node: NodeProc) -> None:
     assert names[:4] == ["temp", "pressure", "humidity", "battery"]
     assert names[-5:] == ["sys/heap", "sys/uptime", "sys/reset", "sys/linkerr", "sys/dropped"]
     assert cbor2.loads(cbor2.dumps(pack)) == pack
+
+
+def test_nack_error_keeps_the_record_and_counts_it(node: NodeProc) -> None:
+    node.peer.expect(FrameType.HELLO)
+    assert record(node.peer.expect(FrameType.RECORD))[0] == 1
+    node.peer.send(FrameType.NACK, encode_nack(1, NackReason.BAD_SIGNATURE))
+    # kept, not deleted: after the back-off seq 1 comes again
+    assert record(node.peer.expect(FrameType.RECORD, skip=SKIP_HELLO))[0] == 1
+    assert {"ev": "ack", "seq": 1} not in node.events()
+    node.peer.send(FrameType.ACK, encode_ack(1))
+    while True:  # a later record reports the error NACK in sys/linkerr
+        body = node.peer.expect(FrameType.RECORD, skip=SKIP_HELLO)
+        seq = record(body)[0]
+        node.peer.send(FrameType.ACK, encode_ack(seq))
+        if seq >= 3:
+            break
+    pack = decode_record_payload(verify1(PUB, body)[1]).pack
+    linkerr = next(r[2] for r in pack if r.get(0) == "sys/linkerr")
+    assert linkerr >= 1

@@ -62,6 +62,7 @@ class Link:
         self.max_rto = max_rto
         self.busy_base = busy_backoff
         self.busy = busy_backoff
+        self.error_backoff = _ERROR_BACKOFF_MS
         self.max_backoff = max_backoff
         self._rand = rand
         # the frame buffers are ~3 KB: main.py allocates them first, before imports
@@ -142,7 +143,7 @@ class Link:
         floor = self.busy
         if reason != "busy":
             self.nack_errors += 1
-            floor = max(floor, _ERROR_BACKOFF_MS)
+            floor = max(floor, self.error_backoff)
         self.hold_until = now + self._jitter(floor)
         self.busy = min(self.busy * 2, self.max_backoff)
         if seq < self.next_seq:
