@@ -68,7 +68,7 @@ def _buffer_lane(flash: Path, trials: int, seed: int) -> int:
         all_taken.extend(extra)
         for line in lines[1:]:
             tag, value = line.split()
-            if tag == "k":
+            if tag == "K":  # from here on entries <= the ACK may be gone
                 acked = int(value)
             elif tag == "A":
                 seq = int(value)
