@@ -58,6 +58,7 @@ class UplinkConfig:
     password: str | None = field(default=None, repr=False)
     window: int = 32
     keepalive: int = 30
+    timeout: int = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +218,7 @@ def _read_uplink(r: _Reader, gid: str) -> UplinkConfig:
             "password",
             "window",
             "keepalive",
+            "timeout",
         },
     )
     url = r.str_(u, "uplink", "url") or ""
@@ -251,6 +253,7 @@ def _read_uplink(r: _Reader, gid: str) -> UplinkConfig:
         password=r.str_(u, "uplink", "password", required=False),
         window=r.int_(u, "uplink", "window", 32, 1, 1000),
         keepalive=r.int_(u, "uplink", "keepalive", 30, 5, 3600),
+        timeout=r.int_(u, "uplink", "timeout", 10, 1, 120),
     )
 
 

@@ -92,7 +92,7 @@ class Uplink:
             will=aiomqtt.Will(f"citysense/v1/{self.gw}/status", self._status(False), 1, True),
             tls_context=self._tls(),
             keepalive=self.cfg.keepalive,
-            timeout=10,
+            timeout=self.cfg.timeout,
             max_inflight_messages=self.cfg.window,
             clean_session=True if self.protocol != aiomqtt.ProtocolVersion.V5 else None,
         )

@@ -57,7 +57,9 @@ def test_falls_back_to_311(tmp_path: Path) -> None:
         consumer.connect("127.0.0.1", port)
         consumer.subscribe("citysense/+/+/+/records", qos=1)
         consumer.loop_start()
-        cfg = write_config(tmp_path / "gw.toml", url=f'"mqtt://127.0.0.1:{port}"')
+        cfg = write_config(
+            tmp_path / "gw.toml", url=f'"mqtt://127.0.0.1:{port}"', extra_uplink="timeout = 3"
+        )
         write_entry(tmp_path / "registry", node)
         log = tmp_path / "gw.log"
         gw = start_gateway(cfg, log)
