@@ -277,7 +277,11 @@ def main() -> int:
         "--workdir", default=None, help="keep logs and state here (default: a temp dir)"
     )
     ap.add_argument("--setup-only", action="store_true")
+    ap.add_argument("--table", metavar="JSON", help="print the table of an earlier result and exit")
     args = ap.parse_args()
+    if args.table:
+        print(analyze.table(json.loads(Path(args.table).read_text())))
+        return 0
     scale = 0.05 if args.smoke else args.duration_scale
     names = [s.strip() for s in args.systems.split(",") if s.strip()]
     for n in names:

@@ -55,6 +55,26 @@ def parse_tb(topic: str, payload: bytes) -> list[tuple[int, int]]:
     return out
 
 
+TB_RPC_REQUEST = "v1/devices/me/rpc/request/"
+# what a ThingsBoard server answers to the gateway's getSessionLimits RPC; without an
+# answer the TB gateway never starts sending (see docs/benchmarks.md). No limits.
+TB_SESSION_LIMITS = {
+    "maxPayloadSize": 65536,
+    "maxInflightMessages": 100,
+    "rateLimits": {"messages": "0:0,", "telemetryMessages": "0:0,", "telemetryDataPoints": "0:0,"},
+}
+
+
+def answer_session_limits(c: Any, topic: str, payload: bytes) -> None:
+    try:
+        method = json.loads(payload).get("method")
+    except (ValueError, AttributeError):
+        return
+    if method == "getSessionLimits":
+        rid = topic.rsplit("/", 1)[1]
+        c.publish(f"v1/devices/me/rpc/response/{rid}", json.dumps(TB_SESSION_LIMITS), qos=1)
+
+
 PARSERS = {"citysense": parse_citysense, "bridge": parse_bridge, "tb": parse_tb}
 
 
@@ -81,6 +101,9 @@ def main() -> int:
 
     def on_message(c: Any, u: Any, msg: Any) -> None:
         now = time.monotonic()
+        if args.kind == "tb" and msg.topic.startswith(TB_RPC_REQUEST):
+            answer_session_limits(c, msg.topic, bytes(msg.payload))
+            return
         top = msg.topic.split("/")[0] + "/" + msg.topic.rsplit("/", 1)[-1]
         with lock:
             topics[top] = topics.get(top, 0) + 1
