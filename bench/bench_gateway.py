@@ -30,12 +30,14 @@ from gwsupport import (  # noqa: E402
     Subscriber,
     make_node,
     mosquitto,
+    scrape,
     start_gateway,
     stop,
     wait_log,
     write_config,
     write_entry,
 )
+from support import free_port  # noqa: E402
 
 from gateway.protocol import FrameType, decode_ack, parse_sign1  # noqa: E402
 from gateway.queue import NewRecord, Queue  # noqa: E402
@@ -61,8 +63,12 @@ def end_to_end(tmp: Path, records: int, window: int) -> None:
     # check the signed record's size once, for the printout
     size = len(parse_sign1(node.record(1)).payload)
     with mosquitto(tmp / "broker") as broker:
+        metrics_port = free_port()
         cfg = write_config(
-            tmp / "gw.toml", url=f'"mqtt://127.0.0.1:{broker.port}"', max_bytes='"1GB"'
+            tmp / "gw.toml",
+            url=f'"mqtt://127.0.0.1:{broker.port}"',
+            max_bytes='"1GB"',
+            listen=f'"127.0.0.1:{metrics_port}"',
         )
         write_entry(tmp / "registry", node)
         pty = Pty(tmp / "tty0")
@@ -96,6 +102,12 @@ def end_to_end(tmp: Path, records: int, window: int) -> None:
                 seen = len(pty.frames)
             t_acked = time.perf_counter() - t0
             deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                published = scrape(metrics_port)["citysense_records_published_total"]
+                if published >= records:
+                    break
+                time.sleep(0.01)
+            t_puback = time.perf_counter() - t0
             while len(sub.snapshot()) < records and time.monotonic() < deadline:
                 time.sleep(0.005)
             t_all = time.perf_counter() - t0
@@ -108,6 +120,7 @@ def end_to_end(tmp: Path, records: int, window: int) -> None:
     p = lambda q: latency[min(len(latency) - 1, int(q * len(latency)))] * 1000  # noqa: E731
     print(f"records: {records} (payload {size} B, frame {len(frames[0])} B), window {window}")
     print(f"ACKed (stored+fsync'd): {records / t_acked:,.0f} records/s")
+    print(f"PUBACKed by the broker (pty -> broker PUBACK): {records / t_puback:,.0f} records/s")
     print(f"end to end (pty -> broker -> consumer): {got / t_all:,.0f} records/s ({got} arrived)")
     print(f"ACK latency: p50 {p(0.50):.1f} ms, p99 {p(0.99):.1f} ms, "
           f"mean {statistics.fmean(latency) * 1000:.1f} ms")  # fmt: skip

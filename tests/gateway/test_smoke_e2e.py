@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -17,7 +18,7 @@ from gwsupport import (
     write_entry,
 )
 
-from gateway.protocol import FrameType, decode_ack, parse_sign1
+from gateway.protocol import FrameType, NackReason, decode_ack, decode_nack, parse_sign1
 
 
 def test_records_arrive_byte_identical(tmp_path: Path) -> None:
@@ -46,6 +47,14 @@ def test_records_arrive_byte_identical(tmp_path: Path) -> None:
                 assert m[0] == f"citysense/v1/gw-test/{node.device_id}/records"
                 msg = parse_sign1(m[1])
                 pub.verify(msg.signature, msg.to_be_signed())
+            # revocation takes effect within a second (the registry is polled every 0.5 s)
+            write_entry(tmp_path / "registry", node, status="revoked")
+            time.sleep(1.2)
+            pty.write(node.record_frame(21))
+            frames = pty.wait_for(lambda fs: any(f.type == FrameType.NACK for f in fs))
+            assert [decode_nack(f.body) for f in frames if f.type == FrameType.NACK] == [
+                (0, NackReason.REVOKED)
+            ]
         finally:
             sub.close()
             stop(gw)
