@@ -356,7 +356,20 @@ def build_image() -> Path:
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     log(f"image built in {time.monotonic() - t0:.0f} s: {out}")
+    prune_images(keep=3)
     return out
+
+
+def prune_images(keep: int) -> None:
+    """Each image is ~1 GB with its snapshot: keep the newest few."""
+    images = sorted(
+        (p for p in cache_root().glob("image-*") if (p / "done").exists()),
+        key=lambda p: (p / "done").stat().st_mtime,
+        reverse=True,
+    )
+    for old in images[keep:]:
+        log(f"pruning {old}")
+        shutil.rmtree(old, ignore_errors=True)
 
 
 if __name__ == "__main__":
