@@ -207,6 +207,28 @@ class Lab:
         self.nodes.append(node)
         return node
 
+    def copy_to(self, dest: Path, opts: LabOptions | None = None) -> Lab:
+        """A new lab in `dest` with this one's certificates, registry and enrolled flash
+        (enrollment is done once through the REPL; each scenario starts from a copy)."""
+        for part in ("pki", "operator", "registry", "flash"):
+            if (self.dir / part).exists():
+                shutil.copytree(self.dir / part, dest / part, dirs_exist_ok=True)
+        lab = Lab(dest, opts or self.opts, self.say)
+        for n in self.nodes[: lab.opts.nodes]:
+            lab.nodes.append(
+                Node(
+                    index=n.index,
+                    device_id=n.device_id,
+                    unique_id=n.unique_id,
+                    flash=dest / "flash" / n.device_id,
+                    link=lab.links / f"{n.device_id}.node",
+                    gateway_link=lab.links / f"{n.device_id}.tty",
+                    log=dest / f"{n.device_id}.log",
+                    public_key=n.public_key,
+                )
+            )
+        return lab
+
     def registry_key(self, device_id: str) -> str:
         entry = json.loads((self.registry / f"{device_id}.json").read_text())
         return str(entry["public_key"])
@@ -297,19 +319,27 @@ max_bytes = "{self.opts.queue_max_bytes}"
         self.consumer.start()
         return self.consumer
 
-    def up(self) -> None:
-        """Everything, in the order a deployment would bring it up."""
+    def prepare(self) -> None:
+        """Certificates, operator key and enrolled nodes: what a technician does."""
         self.say("certificates: CA, broker, gateway, consumer; operator key")
         self.make_pki()
-        self.say("broker: starting")
-        self.start_broker()
         for i in range(self.opts.nodes):
             node = self.enroll_node(i)
             self.say(f"enrolled {node.device_id} through its REPL")
+
+    def run(self) -> None:
+        """Broker, consumer, nodes and gateway, on prepared certificates and nodes."""
+        self.say("broker: starting")
+        self.start_broker()
         self.start_consumer()
         for node in self.nodes:
             self.start_node(node)
         self.start_gateway()
+
+    def up(self) -> None:
+        """Everything, in the order a deployment would bring it up."""
+        self.prepare()
+        self.run()
 
     def close(self) -> None:
         if self.consumer is not None:

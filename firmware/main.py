@@ -25,5 +25,5 @@ else:
     except SystemExit:
         raise
     except BaseException as exc:  # the global handler: log, then a clean reset
-        sys.print_exception(exc, sys.stderr)
+        sys.print_exception(exc, sys.stderr)  # type: ignore[arg-type]  # stubs type stderr as TextIO
         hal.crash()

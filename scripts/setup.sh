@@ -28,7 +28,7 @@ apt_install() {
 }
 
 if [ "$profile" = "dev" ]; then
-    apt_install mosquitto socat
+    apt_install mosquitto socat systemd
 fi
 
 if [ ! -x .venv/bin/python ]; then
