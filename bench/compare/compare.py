@@ -298,6 +298,8 @@ def main() -> int:
     )
     root = root.resolve()
     root.mkdir(parents=True, exist_ok=True)
+    # Mosquitto drops root for its own user: it must reach its persistence directories
+    root.chmod(0o755)
     ph = Phases(scale)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = Path(args.out) if args.out else REPO / "bench" / "results" / f"compare-{stamp}.json"
