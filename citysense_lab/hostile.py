@@ -33,7 +33,8 @@ def _record(seed: bytes, kid: str, seq: int, value: float) -> bytes:
 
 
 class HostileNode:
-    def __init__(self, link: Path, seed: bytes, rng_seed: int = 666) -> None:
+    def __init__(self, link: Path, seed: bytes, rng_seed: int = 666, baud: int = 115200) -> None:
+        self.rate = baud / 10  # 8N1: a pty has no line speed, the sender keeps to one
         self.link = link
         self.seed = seed
         self.rng = random.Random(rng_seed)
@@ -62,6 +63,7 @@ class HostileNode:
         self.link.unlink(missing_ok=True)
 
     def _write(self, fd: int, data: bytes) -> None:
+        time.sleep(len(data) / self.rate)
         view = memoryview(data)
         while view and not self._stop.is_set():
             try:

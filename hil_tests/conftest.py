@@ -7,7 +7,6 @@ Durations are CI-short by default; CITYSENSE_HIL_FULL=1 runs the lengths the iss
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,12 +14,7 @@ import pytest
 
 from citysense_lab.stack import Lab, LabOptions
 
-FULL = os.environ.get("CITYSENSE_HIL_FULL") == "1"
 FLEET = 5
-
-
-def seconds(ci: float, full: float) -> float:
-    return full if FULL else ci
 
 
 @pytest.fixture(scope="session")

@@ -3,9 +3,17 @@ what the independent consumer received, verified, after dedup by (device, seq)."
 
 from __future__ import annotations
 
+import os
 import time
 
 from citysense_lab.stack import Lab
+
+FULL = os.environ.get("CITYSENSE_HIL_FULL") == "1"
+
+
+def seconds(ci: float, full: float) -> float:
+    """CI-short duration, or the issue's full one with CITYSENSE_HIL_FULL=1."""
+    return full if FULL else ci
 
 
 def settle(lab: Lab, timeout: float) -> dict[str, list[int]]:

@@ -15,10 +15,9 @@ import time
 from collections.abc import Callable
 
 import cbor2
-from conftest import FULL, seconds
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from ledger import assert_balanced, settle
+from ledger import FULL, assert_balanced, seconds, settle
 
 from citysense_lab.hostile import HOSTILE_ID, HostileNode
 from citysense_lab.noise import NoiseConfig, NoiseProxy
@@ -111,14 +110,22 @@ def test_4_node_power_cuts(make_lab: MakeLab) -> None:
 
 
 def test_5_line_noise(make_lab: MakeLab) -> None:
-    lab = make_lab(nodes=3, noise=NoiseConfig(flip=1e-3, drop=1e-3, baud=115200))
+    noise = NoiseConfig(flip=1e-3, drop=1e-3, baud=115200)
+    lab = make_lab(nodes=3, noise=noise)
     lab.run()
     _wait_flowing(lab, 90)
     time.sleep(seconds(30, 120))
-    created = settle(lab, 120)
-    assert_balanced(lab, created)
     flipped = sum(n.proxy.stats[d].flipped for n in lab.nodes if n.proxy for d in ("up", "down"))
     assert flipped > 0, "the noise proxy injected no bit flip: the scenario proved nothing"
+    # At 2e-3 errors per byte about half of all 400-byte frames die, and stop-and-wait
+    # with retransmit back-off moves fewer records than one per second: the backlog
+    # waits in the nodes' flash. The line is then cleaned so that it drains.
+    noise.flip = noise.drop = 0.0
+    created = settle(lab, 180)
+    assert_balanced(lab, created)
+    status = _status(lab)
+    assert sum(status["frame_errors"].values()) > 0
+    assert status["rejects"] == {}, "a corrupted record got past the CRC"
 
 
 def test_6_hostile_node(make_lab: MakeLab) -> None:

@@ -8,7 +8,10 @@
 Rules (state -> what is sent next):
 - HELLO first after start, and again after every retransmit timeout (the gateway may
   have restarted or the line may have been unplugged: a reconnect).
-- Records go out in seq order while fewer than `window` are unacknowledged.
+- Records go out in seq order while fewer than `window` are unacknowledged. The window
+  is 1 (stop-and-wait): an ACK is cumulative and seqs may have gaps, so with a record
+  N+1 in flight behind N, a lost N (line noise, a gateway restart) would be covered by
+  the ACK of N+1 and deleted unsent. One record per round trip is ample for sensors.
 - ACK n: cumulative, the buffer deletes every entry with seq <= n, timers reset.
 - NACK busy: stop sending records for a backoff (exponential, jittered), then resend
   from the NACKed seq. NACK replay: the gateway already holds that seq: treated as an
@@ -45,7 +48,7 @@ class Link:
         self,
         buffer,
         hello_body,
-        window=4,
+        window=1,
         rto=2000,
         max_rto=60000,
         busy_backoff=1000,
