@@ -32,10 +32,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parents[1]), str(HERE.parents[1] / "tests")]
 
+import build  # noqa: E402
 from report import CheckFailed, passed, say  # noqa: E402
 from vm import Vm, VmError, boot_wait, ensure_snapshot  # noqa: E402
-
-import build  # noqa: E402
 
 MAX_EXPOSURE = 2.0
 LINK = "/dev/citysense-node"  # guest/rootfs/etc/udev/rules.d/70-citysense-node.rules

@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from citysense_lab.broker import BrokerTLS, Mosquitto, acl_for
+from citysense_lab.consumer import Consumer
+
 from node import ProtocolNode
 from pki import LabCA
 from report import CheckFailed, passed
 from vm import Vm
-
-from citysense_lab.broker import BrokerTLS, Mosquitto, acl_for
-from citysense_lab.consumer import Consumer
 
 if TYPE_CHECKING:
     from check import Scenario
