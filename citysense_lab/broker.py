@@ -50,7 +50,9 @@ class Mosquitto:
         self.conf = workdir / "mosquitto.conf"
         lines = [
             "per_listener_settings false",
-            "persistence false",
+            "persistence true",
+            f"persistence_location {workdir}/",
+            "autosave_interval 1",
             "log_dest stdout",
             "log_type error",
             "log_type warning",

@@ -81,14 +81,26 @@ class Consumer:
         tls: BrokerTLS | None,
         client_id: str = "consumer",
         topic: str = "citysense/v1/#",
+        mqtt5: bool = True,
     ) -> None:
         self.keys = keys
         self.ledger = Ledger()
         self._lock = threading.Lock()
         self._connected = threading.Event()
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
-        )
+        # A persistent session: what is published while the consumer reconnects after a
+        # broker restart is queued for it (Mosquitto keeps sessions with persistence on).
+        self.mqtt5 = mqtt5
+        if mqtt5:
+            self.client = mqtt.Client(
+                CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+            )
+        else:
+            self.client = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=client_id,
+                protocol=mqtt.MQTTv311,
+                clean_session=False,
+            )
         if tls is not None:
             self.client.tls_set(
                 ca_certs=str(tls.ca_file),
@@ -102,7 +114,9 @@ class Consumer:
         self.topic = topic
         self.port = port
 
-    def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, *_: Any) -> None:
+        if getattr(reason, "is_failure", False):
+            return
         client.subscribe(self.topic, qos=1)
         self._connected.set()
 
@@ -131,7 +145,17 @@ class Consumer:
             self.ledger.readings[(device, seq)] = len(payload[3])
 
     def start(self, timeout: float = 15.0) -> None:
-        self.client.connect_async("127.0.0.1", self.port, keepalive=10)
+        if self.mqtt5:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 3600
+            self.client.connect_async(
+                "127.0.0.1", self.port, keepalive=10, clean_start=False, properties=props
+            )
+        else:
+            self.client.connect_async("127.0.0.1", self.port, keepalive=10)
         self.client.loop_start()
         if not self._connected.wait(timeout):
             raise AssertionError("consumer could not connect to the broker")

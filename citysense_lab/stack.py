@@ -24,6 +24,7 @@ from .broker import AmqttBroker, BrokerTLS, Mosquitto, acl_for, have_mosquitto
 from .consumer import Consumer
 from .noise import NoiseConfig, NoiseProxy
 from .procs import Proc, Reaper, wait_until
+from .relay import Relay
 
 
 def _free_port() -> int:
@@ -92,6 +93,7 @@ class LabOptions:
     noise: NoiseConfig | None = None
     heap: str = "96k"
     metrics: bool = True
+    uplink_relay: bool = False  # gateway reaches the broker through a cuttable relay
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -116,6 +118,7 @@ class Lab:
         self.gateway: Proc | None = None
         self.gateway_starts = 0
         self.consumer: Consumer | None = None
+        self.relay: Relay | None = None
         self.op_key = self.dir / "operator" / "operator.key"
 
     # -- set-up ------------------------------------------------------------------------
@@ -260,6 +263,11 @@ class Lab:
 
     def gateway_config(self) -> Path:
         tls = self.tls(self.opts.gateway_id)
+        port = self.broker_port
+        if self.opts.uplink_relay:
+            if self.relay is None:
+                self.relay = Relay(self.broker_port)
+            port = self.relay.port
         text = f"""
 [gateway]
 id = "{self.opts.gateway_id}"
@@ -272,7 +280,7 @@ port = "{self.links}/*.tty"
 baud = 115200
 
 [uplink]
-url = "mqtts://localhost:{self.broker_port}"
+url = "mqtts://localhost:{port}"
 ca_file = "{tls.ca_file}"
 cert_file = "{tls.cert_file}"
 key_file = "{tls.key_file}"
@@ -315,7 +323,8 @@ max_bytes = "{self.opts.queue_max_bytes}"
         return data
 
     def start_consumer(self) -> Consumer:
-        self.consumer = Consumer(self.broker_port, self.keys(), self.tls("consumer"))
+        mqtt5 = self.broker is None or self.broker.kind == "mosquitto"
+        self.consumer = Consumer(self.broker_port, self.keys(), self.tls("consumer"), mqtt5=mqtt5)
         self.consumer.start()
         return self.consumer
 
@@ -348,5 +357,7 @@ max_bytes = "{self.opts.queue_max_bytes}"
             if node.proxy is not None:
                 node.proxy.stop()
         self.reaper.stop_all()
+        if self.relay is not None:
+            self.relay.close()
         if self.broker is not None:
             self.broker.stop()
