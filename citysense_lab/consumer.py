@@ -110,6 +110,8 @@ class Consumer:
             )
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_disconnect = self._on_disconnect
         self.client.reconnect_delay_set(1, 2)
         self.topic = topic
         self.port = port
@@ -118,7 +120,16 @@ class Consumer:
         if getattr(reason, "is_failure", False):
             return
         client.subscribe(self.topic, qos=1)
-        self._connected.set()
+
+    def _on_subscribe(self, *_: Any) -> None:
+        self._connected.set()  # subscribed: from here on nothing published is missed
+
+    def _on_disconnect(self, *_: Any) -> None:
+        self._connected.clear()
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        """True once (re)connected and subscribed, within `timeout` seconds."""
+        return self._connected.wait(timeout)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         parts = msg.topic.split("/")
@@ -157,7 +168,7 @@ class Consumer:
         else:
             self.client.connect_async("127.0.0.1", self.port, keepalive=10)
         self.client.loop_start()
-        if not self._connected.wait(timeout):
+        if not self.wait_subscribed(timeout):
             raise AssertionError("consumer could not connect to the broker")
 
     def stop(self) -> None:

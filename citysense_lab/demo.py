@@ -2,9 +2,10 @@
 
 Starts a broker (Mosquitto with mTLS and an ACL when installed, else the PyPI broker
 amqtt), a throwaway CA and certificates, three emulated nodes enrolled through their REPL
-with citysense-provision, the gateway and a verifying consumer. Halfway it cuts the line
-between gateway and broker for 20 s (a cellular outage: the broker and the consumer keep
-running): the gateway's queue fills, then drains, and the summary shows nothing was lost.
+with citysense-provision, the gateway and a verifying consumer. Halfway it stops the
+broker for 20 s (or, with --cut line, only the line between gateway and broker, as in a
+cellular outage): the gateway's queue fills, then drains, and the summary shows nothing
+was lost.
 """
 
 from __future__ import annotations
@@ -117,20 +118,27 @@ def _live(lab: Lab, args: argparse.Namespace, console: Console) -> int:
     half = args.duration / 2
     outage = (half, half + args.outage)
     broker_down = False
-    assert lab.relay is not None
+    assert lab.relay is not None and lab.broker is not None and lab.consumer is not None
     peak = 0
     with Live(console=console, refresh_per_second=2) as live:
         while True:
             t = time.monotonic() - start
             if not args.forever and outage[0] <= t < outage[1] and not broker_down:
-                lab.relay.cut()
+                lab.relay.cut()  # the gateway sees the broker vanish at once
+                if args.cut == "broker":
+                    lab.broker.stop()
                 broker_down = True
             elif broker_down and t >= outage[1]:
+                if args.cut == "broker":
+                    lab.broker.start()
+                    # The consumer stands for the cloud's subscribers, which are there
+                    # before the gateway comes back (a restarted amqtt keeps no sessions).
+                    lab.consumer.wait_subscribed(30)
                 lab.relay.restore()
                 broker_down = False
             if not args.forever and t >= args.duration:
                 break
-            phase = "uplink CUT: the gateway queues" if broker_down else "running"
+            phase = f"{args.cut} DOWN: the gateway queues" if broker_down else "running"
             status = _status(lab)
             depth = status.get("queue", {}).get("depth", 0)
             peak = max(peak, depth if isinstance(depth, int) else 0)
@@ -148,7 +156,7 @@ def _live(lab: Lab, args: argparse.Namespace, console: Console) -> int:
     console.print(table)
     if not args.forever:
         console.print(
-            f"uplink cut for {args.outage:.0f} s: the gateway queue peaked at {peak} records"
+            f"{args.cut} down for {args.outage:.0f} s: the gateway queue peaked at {peak} records"
         )
     console.print("nothing lost, every signature verified" if ok else "RECORDS MISSING")
     return 0 if ok else 1
@@ -157,7 +165,13 @@ def _live(lab: Lab, args: argparse.Namespace, console: Console) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__)
     p.add_argument("--duration", type=float, default=80.0, help="seconds of running (80)")
-    p.add_argument("--outage", type=float, default=20.0, help="seconds the uplink is cut (20)")
+    p.add_argument("--outage", type=float, default=20.0, help="seconds of outage (20)")
+    p.add_argument(
+        "--cut",
+        choices=("broker", "line"),
+        default="broker",
+        help="stop the broker (default), or cut only the line from gateway to broker",
+    )
     p.add_argument("--forever", action="store_true", help="run until Ctrl-C, no outage")
     p.add_argument("--broker", choices=("auto", "mosquitto", "amqtt"), default="auto")
     args = p.parse_args(argv)

@@ -29,4 +29,14 @@ if [ "$rc" -ne 0 ]; then
     echo "test.sh: pytest failed (exit $rc)" >&2
     exit "$rc"
 fi
+
+# The slow stage: the gateway as the systemd service on an emulated Raspberry Pi (arm64
+# Debian under qemu-system-aarch64). About 5 minutes with its image cached, 15-20 cold.
+# CI runs it; CITYSENSE_SKIP_QEMU=1 skips it on a developer's machine.
+if [ "${CITYSENSE_SKIP_QEMU:-0}" = "1" ]; then
+    stage "qemu: skipped (CITYSENSE_SKIP_QEMU=1)"
+else
+    stage "qemu: the gateway on an emulated Raspberry Pi (scripts/qemu_check.sh)"
+    scripts/qemu_check.sh
+fi
 stage "done"
