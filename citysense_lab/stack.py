@@ -237,7 +237,14 @@ class Lab:
         return str(entry["public_key"])
 
     def keys(self) -> dict[str, bytes]:
-        return {n.device_id: n.public_key for n in self.nodes}
+        """Every device's public key as the cloud knows it: the registry (revoked devices
+        too: what they signed before revocation still verifies), plus the lab's nodes."""
+        keys: dict[str, bytes] = {}
+        for path in sorted(self.registry.glob("*.json")):
+            entry = json.loads(path.read_text())
+            keys[str(entry["device_id"])] = bytes.fromhex(entry["public_key"])
+        keys.update({n.device_id: n.public_key for n in self.nodes})
+        return keys
 
     # -- running -----------------------------------------------------------------------
     def start_node(self, node: Node) -> None:

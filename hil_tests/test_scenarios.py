@@ -60,12 +60,13 @@ def test_1_steady_state(make_lab: MakeLab) -> None:
 
 
 def test_2_broker_outage_and_backpressure(make_lab: MakeLab) -> None:
-    lab = make_lab(nodes=3, queue_max_bytes="64KiB")
+    bound_kib = 64  # the gateway's smallest queue bound; 5 nodes fill it in ~40 s
+    lab = make_lab(nodes=5, queue_max_bytes=f"{bound_kib}KiB")
     lab.run()
     _wait_flowing(lab)
     assert lab.broker is not None
     lab.broker.stop()
-    time.sleep(seconds(15, 60))
+    time.sleep(seconds(10, 60))
     lab.broker.start()
     _wait_flowing(lab)
     # a long outage with a queue bound small enough to push back into the nodes' flash
@@ -74,7 +75,7 @@ def test_2_broker_outage_and_backpressure(make_lab: MakeLab) -> None:
                "the gateway to NACK busy once its queue is full")  # fmt: skip
     time.sleep(seconds(10, 600))
     status = _status(lab)
-    assert status["queue"]["bytes"] <= 64 * 1024
+    assert status["queue"]["bytes"] <= bound_kib * 1024
     lab.broker.start()
     created = settle(lab, 180)
     assert_balanced(lab, created)

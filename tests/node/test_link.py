@@ -35,10 +35,12 @@ def test_hello_first_then_records_and_ack_deletes(node: NodeProc) -> None:
     assert hello.problem is None
     assert record(node.peer.expect(FrameType.RECORD))[0] == 1
     node.peer.send(FrameType.ACK, encode_ack(1))
-    seqs: list[int] = []
-    while 3 not in seqs:  # retransmissions of 2 may come first (rto < interval)
-        seqs.append(record(node.peer.expect(FrameType.RECORD, skip=SKIP_HELLO))[0])
-    assert sorted(set(seqs)) == [2, 3] and seqs[0] == 2
+    # stop-and-wait: until 2 is ACKed only 2 goes out (retransmitted after the rto),
+    # even once 3 exists (docs/protocol.md 4.2)
+    seqs = [record(node.peer.expect(FrameType.RECORD, skip=SKIP_HELLO))[0] for _ in range(2)]
+    assert seqs == [2, 2]
+    node.peer.send(FrameType.ACK, encode_ack(2))
+    assert record(node.peer.expect(FrameType.RECORD, skip=SKIP_HELLO))[0] == 3
     node.peer.send(FrameType.ACK, encode_ack(3))
     deadline = time.monotonic() + 20
     while {"ev": "ack", "seq": 3} not in node.events(0.2):
