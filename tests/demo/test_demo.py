@@ -26,9 +26,7 @@ def _demo(broker: str, cut: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize(
-    ("broker", "cut"), [("amqtt", "broker"), ("mosquitto", "line")]
-)
+@pytest.mark.parametrize(("broker", "cut"), [("amqtt", "broker"), ("mosquitto", "line")])
 def test_demo_loses_nothing_across_an_outage(broker: str, cut: str) -> None:
     if (
         broker == "mosquitto"
