@@ -6,12 +6,26 @@ import os
 import random
 import select
 import signal
+import struct
 import subprocess
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from nodeproc import popen
+
+# Half of the lanes start from a seq floor as enrollment writes it, lifted above 2**62 so
+# that the 64-bit unix port handles the seqs as big ints, as the ESP32 does above 2**30.
+BIG_FLOOR = 2**62 + 1764047000123
+
+
+def _start_at(flash: Path, floor: int) -> None:
+    """/state/seq as `citysense-provision enroll` leaves it: u64 LE + crc32 LE."""
+    if floor:
+        raw = struct.pack("<Q", floor)
+        (flash / "state").mkdir()
+        (flash / "state" / "seq").write_bytes(raw + struct.pack("<I", zlib.crc32(raw)))
 
 
 def _cut_after(proc: subprocess.Popen[bytes], n_lines: int, rng: random.Random) -> list[str]:
@@ -41,8 +55,9 @@ def _cut_after(proc: subprocess.Popen[bytes], n_lines: int, rng: random.Random) 
     return [line.decode() for line in buf.split(b"\n")[:-1]]
 
 
-def _buffer_lane(flash: Path, trials: int, seed: int) -> int:
+def _buffer_lane(flash: Path, trials: int, seed: int, floor: int = 0) -> int:
     flash.mkdir()
+    _start_at(flash, floor)
     rng = random.Random(seed)
     committed: list[int] = []  # seqs whose append returned, in order
     acked = 0
@@ -76,19 +91,24 @@ def _buffer_lane(flash: Path, trials: int, seed: int) -> int:
                 all_taken.append(seq)
                 committed.append(seq)
                 known.add(seq)
+    assert not committed or committed[0] >= floor
     return len(committed)
 
 
 def test_buffer_survives_200_power_cuts(tmp_path: Path) -> None:
     """8 independent flash folders x 25 cuts each, run side by side (wall time)."""
     with ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(_buffer_lane, tmp_path / f"f{i}", 25, 1000 + i) for i in range(8)]
+        futures = [
+            pool.submit(_buffer_lane, tmp_path / f"f{i}", 25, 1000 + i, BIG_FLOOR * (i % 2))
+            for i in range(8)
+        ]
         counts = [f.result(timeout=300) for f in futures]
     assert min(counts) > 25
 
 
-def _seq_lane(flash: Path, trials: int, seed: int) -> int:
+def _seq_lane(flash: Path, trials: int, seed: int, floor: int = 0) -> int:
     flash.mkdir()
+    _start_at(flash, floor)
     rng = random.Random(seed)
     taken: list[int] = []
     for _ in range(trials):
@@ -96,12 +116,16 @@ def _seq_lane(flash: Path, trials: int, seed: int) -> int:
         for line in _cut_after(proc, rng.randint(0, 40), rng):
             seq = int(line.split()[1])
             assert not taken or seq > taken[-1], f"seq {seq} after {taken[-1]}"
+            assert seq >= floor
             taken.append(seq)
     return len(taken)
 
 
 def test_seq_strictly_increasing_over_100_power_cuts(tmp_path: Path) -> None:
     with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(_seq_lane, tmp_path / f"f{i}", 25, 7 + i) for i in range(4)]
+        futures = [
+            pool.submit(_seq_lane, tmp_path / f"f{i}", 25, 7 + i, BIG_FLOOR * (i % 2))
+            for i in range(4)
+        ]
         counts = [f.result(timeout=300) for f in futures]
     assert min(counts) > 25

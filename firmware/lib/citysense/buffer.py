@@ -1,16 +1,24 @@
 """Power-loss-safe record buffer in flash: append-only segment files.
 
 Layout: `data/<8 hex digits>.seg`, numbered upwards. Each entry is
-`0xA5 | length u16 | seq u32 | crc32 u32 | payload`, little-endian, where the CRC
-covers the first 7 header bytes and the payload. Entries are only ever appended; a
-segment is deleted (whole) once an ACK covers all its entries, or when the buffer is
-full and the oldest segment must go (drop-oldest, counted).
+`0xA6 | length u16 | seq u64 | crc32 u32 | payload`, little-endian, where the CRC
+covers the first 11 header bytes and the payload. The seq is 64 bits wide because a
+node's seqs start at its enrollment's floor (Unix ms, ~1.8e12 > 2**32). Entries of the
+earlier format, `0xA5 | length u16 | seq u32 | crc32 u32 | payload` (CRC over 7 header
+bytes), are still read, so a firmware update keeps what the buffer held; new entries
+are always written in the 64-bit form. Entries are only ever appended; a segment is
+deleted (whole) once an ACK covers all its entries, or when the buffer is full and the
+oldest segment must go (drop-oldest, counted).
 
 Recovery (`open`) scans every segment: it keeps entries up to the first bad or short
 one in a segment and ignores the rest of that segment (what a power cut mid-write
 leaves), and appends after a recovery go to a fresh segment. So a power cut loses at
 most the entry being written, and never an earlier one. Wear: no file is ever
 rewritten; each append is one small write at the end of a file.
+
+RAM: two lists of small ints per pending entry. Seqs are held relative to `_base` (the
+seq of the oldest pending entry when the buffer was last empty): on the ESP32 an int
+above 2**30 is a heap-allocated big int (~32 bytes), a small offset is not.
 """
 
 import os
@@ -26,8 +34,10 @@ except ImportError:
         return x
 
 
-_MAGIC = const(0xA5)
-_HDR = const(11)
+_MAGIC = const(0xA6)  # entry with a u64 seq: what append() writes
+_HDR = const(15)
+_MAGIC32 = const(0xA5)  # entry with a u32 seq (firmware before the seq floor): read only
+_HDR32 = const(11)
 MAX_ENTRY = const(1100)
 
 
@@ -37,8 +47,11 @@ class Buffer:
         self.seg_size = seg_size
         self.max_segs = max_segs
         self.segs = []  # segment numbers, oldest first
-        self._seqs = []  # pending entries: seq ...
+        self._base = 0  # pending entries: seq - _base ...
+        self._seqs = []
         self._locs = []  # ... and (segment number << 16) | offset
+        self._key = None  # index_of's last seq and its offset (the link asks every poll)
+        self._rel = 0
         self._active = -1  # segment being appended to, -1: none open yet
         self._size = 0  # bytes in the active segment
         self.dropped = 0  # entries lost to drop-oldest since boot
@@ -63,25 +76,41 @@ class Buffer:
 
     def _scan(self, seg):
         hdr = self._hdr
+        mv = memoryview(hdr)
         off = 0
-        last = self._seqs[-1] if self._seqs else -1
+        last = self.newest_seq() if self._seqs else -1
         with open(self._name(seg), "rb") as f:
             while True:
-                if f.readinto(hdr) != _HDR or hdr[0] != _MAGIC:
+                if f.readinto(mv[:3]) != 3:
                     return
-                n, seq = struct.unpack_from("<HI", hdr, 1)
+                if hdr[0] == _MAGIC:
+                    hl = _HDR
+                elif hdr[0] == _MAGIC32:
+                    hl = _HDR32
+                else:
+                    return
+                if f.readinto(mv[3:hl]) != hl - 3:
+                    return
+                n = hdr[1] | (hdr[2] << 8)
                 if n > MAX_ENTRY:
                     return
                 body = f.read(n)
                 if len(body) != n:
                     return
-                want = struct.unpack_from("<I", hdr, 7)[0]
-                if crc32(body, crc32(memoryview(hdr)[:7])) != want or seq <= last:
+                seq = struct.unpack_from("<Q" if hl == _HDR else "<I", hdr, 3)[0]
+                want = struct.unpack_from("<I", hdr, hl - 4)[0]
+                if crc32(body, crc32(mv[: hl - 4])) != want or seq <= last:
                     return
-                self._seqs.append(seq)
-                self._locs.append((seg << 16) | off)
+                self._push(seq, (seg << 16) | off)
                 last = seq
-                off += _HDR + n
+                off += hl + n
+
+    def _push(self, seq, loc):
+        if not self._seqs:
+            self._base = seq  # rebase while empty: offsets stay small
+            self._key = None
+        self._seqs.append(seq - self._base)
+        self._locs.append(loc)
 
     # ---- append ----
     def append(self, seq, payload):
@@ -93,13 +122,12 @@ class Buffer:
             self._roll()
         hdr = self._hdr
         hdr[0] = _MAGIC
-        struct.pack_into("<HI", hdr, 1, n, seq)
-        struct.pack_into("<I", hdr, 7, crc32(payload, crc32(memoryview(hdr)[:7])))
+        struct.pack_into("<HQ", hdr, 1, n, seq)
+        struct.pack_into("<I", hdr, 11, crc32(payload, crc32(memoryview(hdr)[:11])))
         with open(self._name(self._active), "ab") as f:
             f.write(hdr)
             f.write(payload)
-        self._seqs.append(seq)
-        self._locs.append((self._active << 16) | self._size)
+        self._push(seq, (self._active << 16) | self._size)
         self._size += _HDR + n
 
     def _roll(self):
@@ -133,18 +161,24 @@ class Buffer:
         return len(self._seqs)
 
     def seq_at(self, i):
-        return self._seqs[i]
+        return self._base + self._seqs[i]
 
     def newest_seq(self):
-        return self._seqs[-1] if self._seqs else 0
+        return self._base + self._seqs[-1] if self._seqs else 0
 
     def index_of(self, seq):
         """Index of the first pending entry with seq >= `seq` (len(self) if none)."""
         seqs = self._seqs
+        if not seqs:
+            return 0
+        if seq is not self._key:  # the link asks with the same int every poll: no alloc
+            self._key = seq
+            self._rel = seq - self._base
+        rel = self._rel
         lo, hi = 0, len(seqs)
         while lo < hi:
             mid = (lo + hi) // 2
-            if seqs[mid] < seq:
+            if seqs[mid] < rel:
                 lo = mid + 1
             else:
                 hi = mid
@@ -153,11 +187,12 @@ class Buffer:
     def read(self, i):
         """The payload of pending entry i (bytes)."""
         loc = self._locs[i]
+        off = loc & 0xFFFF
         with open(self._name(loc >> 16), "rb") as f:
-            f.seek((loc & 0xFFFF) + 1)
-            n = struct.unpack("<H", f.read(2))[0]
-            f.seek((loc & 0xFFFF) + _HDR)
-            return f.read(n)
+            f.seek(off)
+            head = f.read(3)
+            f.seek(off + (_HDR if head[0] == _MAGIC else _HDR32))
+            return f.read(head[1] | (head[2] << 8))
 
     def ack(self, seq):
         """Cumulative ACK: forget entries with seq <= `seq`; delete segments all acked."""

@@ -14,10 +14,14 @@ Rules (state -> what is sent next):
   the ACK of N+1 and deleted unsent. One record per round trip is ample for sensors.
 - ACK n: cumulative, the buffer deletes every entry with seq <= n, timers reset.
 - NACK busy: stop sending records for a backoff (exponential, jittered), then resend
-  from the NACKed seq. NACK replay: the gateway already holds that seq: treated as an
-  ACK of it. NACK unknown-device / revoked / bad-signature / malformed: the record is
-  KEPT (only an ACK deletes), counted as a link error, and sending backs off like busy
-  but from a longer floor (an operator has to act; the node keeps buffering).
+  from the NACKed seq. NACK replay: the gateway refuses that seq for good (it holds a
+  higher one of this device): treated as an ACK of it so the link moves on, and counted
+  as a link error (sys/linkerr). With seqs floored at enrollment a genuine node should
+  not meet it (a replaced node's seqs start above its predecessor's), so a count here
+  means records were lost. NACK unknown-device / revoked / bad-signature / malformed:
+  the record is KEPT (only an ACK deletes), counted as a link error, and sending backs
+  off like busy but from a longer floor (an operator has to act; the node keeps
+  buffering).
 - No ACK progress for `rto` ms with records in flight: go back to the oldest unacked
   record and resend (go-back-N); rto doubles up to `max_rto`, with jitter.
 - TIME t: `unix_offset` is set so that unix_ms = now_ms + unix_offset (the app switches
@@ -141,6 +145,7 @@ class Link:
         if not isinstance(seq, int) or not isinstance(reason, str):
             raise ValueError("bad NACK")
         if reason == "replay":
+            self.nack_errors += 1  # the record is gone: make it visible in sys/linkerr
             self._ack(seq, now)
             return
         floor = self.busy

@@ -58,6 +58,11 @@ class SeqStore:
     boot the node continues at L (skipping the rest of the last block); before it issues
     seq L it persists L + block. So flash is written once per `block` records, and a
     power cut at any instant can only cause a gap, never a reuse.
+
+    `citysense-provision enroll` raises L to the Unix time in ms at enrollment (never
+    lowers it): a node that replaces another under the same device id continues above
+    every seq its predecessor can have used (docs/protocol.md, "seq"). So seqs are
+    above 2**32 (big ints on the ESP32) from the first record.
     """
 
     def __init__(self, block=64, floor=0):
