@@ -7,8 +7,15 @@ Replay rule (DESIGN.md: seq strictly increasing for a device's life, gaps allowe
 - seq < H and not queued: either already forwarded (a duplicate) or never stored (an
   out-of-order or replayed record). The gateway cannot tell them apart without keeping
   every seq forever, and must not claim it stored something it did not: NACK `replay`.
-  A node sends its buffer in seq order, so a genuine node meets this only for records
-  whose ACK it lost after they were forwarded.
+  A node sends its buffer in seq order, one record at a time (stop-and-wait), and its
+  seqs start at the Unix ms of its enrollment (the seq floor `citysense-provision
+  enroll` writes), so a replacement board continues above its predecessor's H. A
+  genuine node therefore meets `replay` only when something is wrong (a node enrolled
+  without the floor, lost /state, a forged replay): the node deletes the record on that
+  NACK, so the readings are lost, and the gateway logs it as a warning (event=replay)
+  with the device, the seq and H.
+- seq > MAX_SEQ (2**63 - 1, SQLite's INTEGER): NACK `malformed`; storing it would fail
+  the whole group commit, and a record cannot fall outside the store's range.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from .protocol import (
     resolve_times,
     verify_parsed,
 )
-from .queue import ROW_OVERHEAD, NewRecord, Queue, QueueFullError
+from .queue import MAX_SEQ, ROW_OVERHEAD, NewRecord, Queue, QueueFullError
 from .ratelog import RateLimitedLog
 from .registry import Registry
 
@@ -161,7 +168,32 @@ class Pipeline:
             hello.highest_seq,
             f" problem={hello.problem!r}" if hello.problem else "",
         )
+        self._check_seq_behind(hello.device_id, hello.highest_seq, link, hello.problem)
         self.send_time(link)
+
+    def _check_seq_behind(
+        self, device_id: str, node_highest: int, link: Link, problem: str | None
+    ) -> None:
+        """A node whose seqs are behind what this gateway stored for its id (a board
+        enrolled without a seq floor, or one whose /state was lost) would have every
+        record up to the stored seq NACKed `replay` and deleted: say so at its HELLO."""
+        if problem:
+            return
+        stored = self.queue.high_seq(device_id)
+        high = max(self._pending_high.get(device_id, -1), -1 if stored is None else stored)
+        if node_highest >= high:
+            return
+        self.rlog.warning(
+            f"seq-behind:{device_id}",
+            "event=seq-behind device=%s port=%s node_highest_seq=%d gateway_highest_seq=%d"
+            " detail=%s",
+            device_id,
+            link.name,
+            node_highest,
+            high,
+            "records of this node up to the gateway's highest seq will be NACKed replay"
+            " and lost: re-enroll it with citysense-provision enroll (writes a seq floor)",
+        )
 
     def send_time(self, link: Link) -> None:
         link.send(encode_frame(FrameType.TIME, encode_time(int(time.time() * 1000))))
@@ -177,11 +209,14 @@ class Pipeline:
         dev.port = link.name
         dev.last_seen = time.time()
 
-    def _reject(self, link: Link, device: str, seq: int, reason: NackReason, why: str) -> None:
+    def _count_reject(self, device: str, reason: NackReason) -> None:
         self.metrics.rejected[str(reason)] += 1
         if device in self.devices:
             rj = self.devices[device].rejects
             rj[str(reason)] = rj.get(str(reason), 0) + 1
+
+    def _reject(self, link: Link, device: str, seq: int, reason: NackReason, why: str) -> None:
+        self._count_reject(device, reason)
         self.rlog.warning(
             f"reject:{device}:{reason}",
             "event=record-rejected device=%s port=%s seq=%d reason=%s detail=%s",
@@ -217,6 +252,9 @@ class Pipeline:
         except ProtocolError as exc:
             self._reject(link, device_id, 0, NackReason.MALFORMED, str(exc))
             return
+        if rec.seq > MAX_SEQ:
+            self._reject(link, device_id, rec.seq, NackReason.MALFORMED, f"seq above {MAX_SEQ}")
+            return
         dev = self._state(device_id)
         self._attach(dev, link)
         await self._admit(link, device_id, dev, rec.seq, body, self._meta(dev, rec))
@@ -239,13 +277,7 @@ class Pipeline:
                     p.record.device_id == device_id and p.record.seq == seq for p in self._pending
                 )
             if not dup:
-                self._reject(
-                    link,
-                    device_id,
-                    seq,
-                    NackReason.REPLAY,
-                    f"seq {seq} <= highest stored {high} and not queued",
-                )
+                self._replay(link, device_id, seq, high)
                 return
             self.metrics.duplicates += 1
             if stored is not None and stored >= seq:
@@ -268,6 +300,24 @@ class Pipeline:
         self._pending_bytes += len(body) + ROW_OVERHEAD
         dev.last_seq = seq
         self._wake.set()
+
+    def _replay(self, link: Link, device_id: str, seq: int, high: int) -> None:
+        """NACK replay, loudly: the node deletes the record on this answer, so unless the
+        record is a forgery its readings are lost (see the replay rule above)."""
+        self._count_reject(device_id, NackReason.REPLAY)
+        self.rlog.warning(
+            f"replay:{device_id}",
+            "event=replay device=%s port=%s seq=%d highest_stored_seq=%d behind=%d detail=%s",
+            device_id,
+            link.name,
+            seq,
+            high,
+            high - seq,
+            "seq below this device's highest stored seq and not queued: NACKed replay, the"
+            " node drops the record. A node replaced or reset without a seq floor? Re-enroll"
+            " it with citysense-provision enroll",
+        )
+        link.send(encode_frame(FrameType.NACK, encode_nack(seq, NackReason.REPLAY)))
 
     def _busy(self, link: Link, device_id: str, seq: int, why: str) -> None:
         """NACK busy, and hold later seqs of this device until this one is stored.

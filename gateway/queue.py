@@ -18,6 +18,11 @@ log = logging.getLogger("citysense.queue")
 ROW_OVERHEAD = 64
 """Bytes counted per row on top of the record bytes (keys, timestamps, index)."""
 
+MAX_SEQ = 2**63 - 1
+"""The largest seq the queue can store (SQLite INTEGER is a signed 64-bit integer). Seqs
+start at Unix ms (~2**41) at enrollment, so a genuine node stays far below it; the
+pipeline NACKs a higher one `malformed` before it could fail a group commit."""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     id INTEGER PRIMARY KEY AUTOINCREMENT,

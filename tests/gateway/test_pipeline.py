@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 from gwsupport import make_node, write_entry
 
 from gateway.metrics import Metrics
@@ -174,5 +176,77 @@ def test_disk_full_gives_busy(tmp_path: Path) -> None:
         assert answers[:-1] == [("ACK", i) for i in range(1, s)]
         assert q.depth == s - 1 and q.high_seq("esp32-01") == s - 1
         assert q.conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+    run(tmp_path, scenario)
+
+
+FLOOR = 1764047000123  # Unix ms: a seq floor as `citysense-provision enroll` writes it
+
+
+def test_replacement_above_the_floor_is_stored_and_replay_is_loud(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A board replacing esp32-01 (new key, same id) continues at its enrollment floor:
+    accepted. One that starts at seq 1 (no floor) is told at its HELLO and every record
+    is NACKed `replay`, each time with a warning naming the device and both seqs."""
+    (tmp_path / "registry").mkdir()
+    old = make_node("esp32-01")
+    write_entry(tmp_path / "registry", old)
+    caplog.set_level(logging.INFO, logger="citysense.pipeline")
+
+    def events(name: str) -> list[str]:
+        return [r.getMessage() for r in caplog.records if f"event={name} " in r.getMessage()]
+
+    async def scenario(p: Pipeline, reg: Registry, q: Queue, link: FakeLink) -> None:
+        reg.refresh()
+        await feed(p, link, old.hello_frame(), old.record_frame(FLOOR), old.record_frame(FLOOR + 9))
+        assert link.answers() == [("TIME", True), ("ACK", FLOOR + 9)]
+        q.delete([r.id for r in q.peek(0, 10)])  # forwarded
+
+        new = make_node("esp32-01")  # the replacement, enrolled an hour later
+        write_entry(tmp_path / "registry", new)
+        reg.refresh()
+        later = FLOOR + 3_600_000
+        await feed(p, link, new.hello_frame(highest=later - 1), new.record_frame(later))
+        assert link.answers() == [("TIME", True), ("ACK", later)]
+        assert events("seq-behind") == [] and events("replay") == []
+
+        unfloored = make_node("esp32-01")  # enrolled without a floor: seq 1 again
+        write_entry(tmp_path / "registry", unfloored)
+        reg.refresh()
+        await feed(p, link, unfloored.hello_frame(highest=0), unfloored.record_frame(1))
+        assert link.answers() == [("TIME", True), ("NACK", (1, "replay"))]
+        assert q.all_keys() == [("esp32-01", later)]
+        assert events("seq-behind") == [
+            "event=seq-behind device=esp32-01 port=/dev/ttyFAKE node_highest_seq=0"
+            f" gateway_highest_seq={later} detail=records of this node up to the gateway's"
+            " highest seq will be NACKed replay and lost: re-enroll it with"
+            " citysense-provision enroll (writes a seq floor)"
+        ]
+        (replay,) = [r for r in caplog.records if "event=replay " in r.getMessage()]
+        assert replay.levelno == logging.WARNING
+        assert replay.getMessage().startswith(
+            f"event=replay device=esp32-01 port=/dev/ttyFAKE seq=1 highest_stored_seq={later}"
+            f" behind={later - 1} detail="
+        )
+        assert dict(p.metrics.rejected) == {"replay": 1}
+        assert p.devices["esp32-01"].rejects == {"replay": 1}
+
+    run(tmp_path, scenario)
+
+
+def test_seq_beyond_the_store_is_malformed_and_spares_the_batch(tmp_path: Path) -> None:
+    """SQLite stores signed 64-bit ints: a seq above 2**63 - 1 is NACKed `malformed` up
+    front instead of failing the group commit of every record batched with it."""
+    (tmp_path / "registry").mkdir()
+    a, b = make_node("esp32-01"), make_node("esp32-02")
+    write_entry(tmp_path / "registry", a)
+    write_entry(tmp_path / "registry", b)
+
+    async def scenario(p: Pipeline, reg: Registry, q: Queue, link: FakeLink) -> None:
+        reg.refresh()
+        await feed(p, link, a.record_frame(2**63 - 1), a.record_frame(2**63), b.record_frame(7))
+        assert link.answers() == [("NACK", (2**63, "malformed")), ("ACK", 2**63 - 1), ("ACK", 7)]
+        assert q.all_keys() == [("esp32-01", 2**63 - 1), ("esp32-02", 7)]
 
     run(tmp_path, scenario)
