@@ -140,6 +140,9 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         key=summary["key"],
         replaced_key_fingerprint=summary["replaced_key_fingerprint"],
         registry=str(args.registry),
+        seq_floor=summary["seq_floor"],
+        seq_state_before=summary["seq_state_before"],
+        seq_state=summary["seq_state"],
     )
 
     def human() -> None:
@@ -157,6 +160,11 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         op_fp = summary["operator_key_fingerprint"]
         print(f"  operator key {op_fp or 'MISSING: the node will refuse every COMMAND'}")
         print(f"  firmware     {summary['firmware_sha256']}")
+        before = summary["seq_state_before"]
+        print(
+            f"  seq          continues at {summary['seq_state']} (floor {summary['seq_floor']}"
+            f" = enrollment time in ms; state before: {'none' if before is None else before})"
+        )
         if summary["previous_device_id"]:
             print(
                 f"note: this node was enrolled as {summary['previous_device_id']} before;"

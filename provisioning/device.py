@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from .errors import DeviceError
 from .transport import Repl
 
+SEQ_PATH = "/state/seq"
 KEY_PATH = "/config/device.key"
 KEY_NEW_PATH = "/config/device.key.new"
 CONFIG_PATH = "/config/device.json"
@@ -93,6 +94,34 @@ _f.write(_s)
 _f.close()
 print(binascii.hexlify(ed25519.public_key(_s)).decode())
 _s = None
+"""
+
+# /state/seq: the node's seq reservation limit L (u64 LE || crc32 LE, as
+# firmware/lib/citysense/state.py writes it); the node continues at L on boot. Raised to
+# `floor` (never lowered), replaced atomically (temp file + rename), read back. Prints
+# "<before> <after>": before is -1 when the file is missing, -2 when it is corrupt.
+_SEQ_FLOOR = """
+import struct
+from citysense.crc32 import crc32 as _cs_crc
+def _cs_seq_read(p):
+    try:
+        f = open(p, 'rb')
+    except OSError:
+        return -1
+    r = f.read(16)
+    f.close()
+    if len(r) != 12 or struct.unpack('<I', r[8:])[0] != _cs_crc(r[:8]):
+        return -2
+    return struct.unpack('<Q', r[:8])[0]
+_b = _cs_seq_read({path!r})
+if _b < {floor}:
+    _cs_mk({path!r})
+    _v = struct.pack('<Q', {floor})
+    _f = open({tmp!r}, 'wb')
+    _f.write(_v + struct.pack('<I', _cs_crc(_v)))
+    _f.close()
+    _cs_commit({tmp!r}, {path!r})
+print(_b, _cs_seq_read({path!r}))
 """
 
 _UNIQUE_ID = """
@@ -229,6 +258,26 @@ class Device:
         if len(out) != 64:
             raise DeviceError("the device returned a malformed public key, reset it and retry")
         return out
+
+    def raise_seq_floor(self, floor: int, path: str = SEQ_PATH) -> tuple[int | None, int]:
+        """Make the node's seq reservation limit at least `floor` (never lower it).
+
+        Returns (the value before, None if the file was missing or corrupt; the value
+        now on the device, read back)."""
+        code = _SEQ_FLOOR.format(path=path, tmp=path + ".tmp", floor=int(floor))
+        out = self.run(code, f"writing the seq floor to {path}").split()
+        try:
+            before, after = (int(x) for x in out)
+        except ValueError:
+            raise DeviceError(
+                f"the device answered {' '.join(out)[:60]!r} for {path}, reset it and retry"
+            ) from None
+        if after < floor or (before >= 0 and after < before):
+            raise DeviceError(
+                f"{path} on the device holds {after} after writing the seq floor {floor},"
+                " re-run enroll; if it persists the flash is failing"
+            )
+        return (before if before >= 0 else None), after
 
     def unique_id(self) -> str:
         return self.run(_UNIQUE_ID, "reading the unique id").strip()

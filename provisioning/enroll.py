@@ -4,19 +4,40 @@ Order (nothing is lost if the cable is pulled at any step): the new seed goes to
 /config/device.key.new on the device (the old key stays intact), then the registry entry
 is written atomically, then the device renames the new seed over the old one. A re-run
 finds a pending seed whose public key the registry already has and completes the rename.
+
+The seq floor. Consumers dedupe by (device_id, seq) and the gateway refuses a seq below
+the highest it stored for the id (NACK `replay`, and the node then drops the record), so
+a board that replaces another under the same id must not start its seqs again at 1.
+Before the registry entry is written, enrollment raises the node's seq reservation
+limit (/state/seq, where the node continues on boot) to the Unix time in milliseconds,
+never lowering it. The predecessor, enrolled the same way at an earlier time T0, can
+only have gone past that floor by creating more than 1000 records per second on average
+since T0 (a sensor node makes about one a minute), so the replacement's seqs continue
+above every seq its id has used. The floor comes from this computer's clock: a clock
+before 2025 or behind the time the registry entry records is refused.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import registry
 from .deploy import device_firmware_hash
-from .device import CONFIG_PATH, KEY_NEW_PATH, KEY_PATH, OPERATOR_PATH, Device, Progress
+from .device import (
+    CONFIG_PATH,
+    KEY_NEW_PATH,
+    KEY_PATH,
+    OPERATOR_PATH,
+    SEQ_PATH,
+    Device,
+    Progress,
+)
 from .errors import DeviceError, ProvisionError, RegistryError
 
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -26,6 +47,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "sensors": ["bme280", "battery"],
 }
 MAX_BATCH = 64  # the node refuses a bigger batch (firmware config.py)
+MIN_CLOCK_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z: a clock before it is wrong
 BAUDS = (9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
 
 
@@ -95,6 +117,53 @@ def default_device_id(device: Device) -> str:
     return f"esp32-{uid.lower()}"
 
 
+def unix_ms() -> int:
+    """This computer's clock, Unix time in milliseconds (the seq floor)."""
+    return time.time_ns() // 1_000_000
+
+
+def _iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _entry_times(entry: registry.Entry | None) -> list[tuple[int, str]]:
+    """(Unix ms, "field value") of every timestamp the registry entry records."""
+    if entry is None:
+        return []
+    stamps: list[tuple[str, object]] = []
+    for item in [entry, *(entry.get("previous_keys") or [])]:
+        if isinstance(item, dict):
+            stamps += [(k, item.get(k)) for k in ("enrolled_at", "revoked_at")]
+    out: list[tuple[int, str]] = []
+    for name, value in stamps:
+        if not isinstance(value, str):
+            continue
+        try:
+            when = dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+        except ValueError:
+            continue
+        out.append((int(when.timestamp() * 1000), f"{name} {value}"))
+    return out
+
+
+def seq_floor(now_ms: int, device_id: str, old: registry.Entry | None) -> int:
+    """The seq floor for an enrollment at `now_ms`: now_ms itself, once the clock is
+    plausible (not before 2025, not behind any time the id's registry entry records)."""
+    if now_ms < MIN_CLOCK_MS:
+        raise ProvisionError(
+            f"this computer's clock says {_iso(now_ms)}, before 2025: set the date and time"
+            " (NTP) and re-run; the node's seq floor is taken from this clock"
+        )
+    for when, what in _entry_times(old):
+        if now_ms < when:
+            raise ProvisionError(
+                f"this computer's clock ({_iso(now_ms)}) is behind the registry entry of"
+                f" {device_id} ({what}): set the date and time (NTP) and re-run; the node's"
+                " seq floor is taken from this clock"
+            )
+    return now_ms
+
+
 def _conflict(device_id: str, old: registry.Entry) -> RegistryError:
     fp = registry.fingerprint(old["public_key"])[:16]
     if old["status"] == "revoked":
@@ -131,6 +200,7 @@ def enroll(device: Device, opts: EnrollOptions, progress: Progress) -> dict[str,
     )
     if old is not None and not keep and not opts.replace:
         raise _conflict(device_id, old)
+    floor = seq_floor(unix_ms(), device_id, old)
     if opts.operator_pub is None and device.read_hex(OPERATOR_PATH) is None:
         raise ProvisionError(
             f"{device_id} has no operator key, pass --operator-pub OPERATOR.pub"
@@ -148,6 +218,11 @@ def enroll(device: Device, opts: EnrollOptions, progress: Progress) -> dict[str,
     device.put(CONFIG_PATH, (json.dumps(config) + "\n").encode())
     if opts.operator_pub is not None:
         device.put(OPERATOR_PATH, opts.operator_pub)
+    # before the registry makes the key valid: the node never signs a seq below the floor
+    progress(f"writing the seq floor {floor} to {SEQ_PATH}")
+    seq_before, seq_state = device.raise_seq_floor(floor)
+    if seq_state > floor:
+        progress(f"the node's seq state {seq_state} is above the floor: kept")
     operator = device.read_hex(OPERATOR_PATH)
     firmware = device_firmware_hash(device)
     if old is None:
@@ -180,6 +255,9 @@ def enroll(device: Device, opts: EnrollOptions, progress: Progress) -> dict[str,
         "config": config,
         "target": "emulator" if device.is_emulator else "esp32",
         "previous_device_id": previous_id if previous_id != device_id else None,
+        "seq_floor": floor,
+        "seq_state_before": seq_before,
+        "seq_state": seq_state,
     }
 
 

@@ -13,7 +13,14 @@ import serial
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prov_support import NodeRepl, assert_one_line_error, mpremote, run_cli
 
-from gateway.protocol import FrameDecoder, FrameType, ProtocolError, decode_hello, verify1
+from gateway.protocol import (
+    FrameDecoder,
+    FrameType,
+    ProtocolError,
+    decode_hello,
+    decode_record_payload,
+    verify1,
+)
 
 SIGN_ON_DEVICE = (
     "from citysense import ed25519\n"
@@ -254,3 +261,7 @@ def test_node_app_runs_on_the_enrolled_flash(node: NodeRepl, tmp_path: Path) -> 
     assert hellos and hellos[0].device_id == summary["device_id"]
     assert hellos[0].problem is None
     assert records and records[0][0] == str(summary["device_id"]).encode()
+    # the node continues at the seq state enrollment wrote (the floor: Unix ms)
+    first = decode_record_payload(records[0][1]).seq
+    assert first == summary["seq_state"] == summary["seq_floor"]
+    assert hellos[0].highest_seq == first - 1
