@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -58,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # The emulated flash holds the device's private key (config/device.key): what the
+    # device writes there is owner-only on the host (the unix port cannot chmod).
+    os.umask(0o077)
     try:
         if args.cmd == "repl":
             from emulator.repl import run_repl

@@ -57,6 +57,9 @@ def test_1_steady_state(make_lab: MakeLab) -> None:
     assert status["accepted"] == status["uplink"]["published"] == received
     assert all(lab.consumer.ledger.duplicates(n.device_id) == 0 for n in lab.nodes)
     assert status["rejects"] == {}
+    # the device key the node generated at enrollment is owner-only on the emulated flash
+    for node in lab.nodes:
+        assert (node.flash / "config" / "device.key").stat().st_mode & 0o777 == 0o600
 
 
 def test_2_broker_outage_and_backpressure(make_lab: MakeLab) -> None:
