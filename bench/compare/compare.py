@@ -1,6 +1,6 @@
 """citysense vs a Mosquitto bridge vs ThingsBoard IoT Gateway: same workload, same faults.
 
-    nice python bench/compare/compare.py                  # full run, ~15 min
+    nice python bench/compare/compare.py                  # full run, ~12 min
     python bench/compare/compare.py --smoke               # ~20 s of workload per system (CI)
     python bench/compare/compare.py --setup-only          # install the peers and exit
 

@@ -4,11 +4,15 @@
     python sources.py pty --dir D [--sources 20] [--interval 0.1]
 
 mqtt: one paho client per source publishing JSON records with QoS 1 to a local broker;
-      "acknowledged" = the broker's PUBACK. Unacknowledged messages stay in paho's queue
-      and are re-sent after a reconnect (what any QoS 1 publisher does).
-pty:  scripted citysense nodes: a raw pty pair per source (symlink D/tty-NN), HELLO, then
-      COSE_Sign1 RECORD frames; "acknowledged" = a cumulative ACK frame. Like the firmware
-      the node keeps every unACKed record and re-sends them (in order) when ACKs stall.
+      "acknowledged" = the broker's PUBACK for that message. Unacknowledged messages stay
+      in paho's queue and are re-sent after a reconnect (what any QoS 1 publisher does).
+pty:  scripted citysense nodes: a raw pty pair per source (symlink D/tty-NN) driven by the
+      firmware's own link state machine (firmware/lib/citysense/link.py): HELLO, then
+      COSE_Sign1 RECORD frames, stop-and-wait (one record in flight), retransmission after
+      the link's timeout, NACK handling as in the firmware. "Acknowledged" = the node
+      deleted the record from its buffer (an ACK whose seq covers it, or NACK replay,
+      which the firmware treats as an ACK); with stop-and-wait that is the record's own ACK
+      (status.json counts any deletion that was not: acked_by_higher_seq, acked_never_sent).
 
 Every acknowledgement is appended to D/acks.log as `source seq monotonic_time`; D/status.json
 holds running totals. SIGTERM stops publishing, flushes the log and exits.
@@ -17,20 +21,21 @@ holds running totals. SIGTERM stops publishing, flushes the log and exits.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
+import random
 import select
 import signal
 import sys
 import threading
 import time
 import tty
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 RECORD_BYTES = 400
-RESEND_AFTER = 2.0
-MAX_RESEND = 400
 
 
 class AckLog:
@@ -41,6 +46,7 @@ class AckLog:
         self.acked = 0
         self.sent = 0
         self.other: dict[str, int] = {}
+        self.extra: Callable[[], dict[str, int]] | None = None  # more totals (pty nodes)
         self.last_status = 0.0
 
     def ack(self, src: int, seq: int) -> None:
@@ -60,6 +66,8 @@ class AckLog:
         with self.lock:
             self.f.flush()
             data = {"acked": self.acked, "sent": self.sent, **self.other}
+        if self.extra is not None:
+            data.update(self.extra())
         tmp = self.dir / ".status.tmp"
         tmp.write_text(json.dumps(data))
         tmp.rename(self.dir / "status.json")
@@ -148,14 +156,96 @@ def run_mqtt(args: argparse.Namespace, log: AckLog, stop: threading.Event) -> No
 
 
 # -- scripted citysense nodes over ptys -------------------------------------------------
+#
+# Each node drives the real firmware link state machine (firmware/lib/citysense/link.py,
+# imported under CPython as the firmware's own tests do) over a raw pty, with an
+# in-memory stand-in for the node's flash buffer. So the benchmark node follows exactly
+# the firmware's rules: HELLO first and after every retransmit timeout; stop-and-wait
+# (window 1); retransmit the oldest unACKed record after `rto` (2 s, doubling to 60 s,
+# jittered); ACK n deletes the entries with seq <= n; NACK replay counts as an ACK of
+# that seq; NACK busy holds records back (1 s doubling, jittered); the error NACKs keep
+# the record and hold for at least 30 s. The only bench-specific part is the buffer: it
+# is unbounded (the firmware's flash buffer drops its oldest entry when full, counted).
+
+FIRMWARE_LIB = Path(__file__).resolve().parents[2] / "firmware" / "lib"
+READ_CHUNK = 4096  # bytes fed to the link per read, like the firmware's UART loop
+
+
+def firmware_link_class() -> Any:
+    """The firmware's `citysense.link.Link`, imported from firmware/lib."""
+    if str(FIRMWARE_LIB) not in sys.path:
+        sys.path.insert(0, str(FIRMWARE_LIB))
+    from citysense.link import Link  # type: ignore[import-not-found]
+
+    return Link
+
+
+class MemBuffer:
+    """The node's record buffer (firmware `citysense.buffer.Buffer` interface), in memory.
+
+    `ack(seq)` is where the node deletes records: every record it deletes is logged as
+    acknowledged to the sender (the node gives up its copy), with counters for deletions
+    that were not by the record's own ACK (an ACK of a higher seq, or of a record never
+    sent), which stop-and-wait should make impossible.
+    """
+
+    def __init__(self, node: PtyNode, log: AckLog) -> None:
+        self.node = node
+        self.log = log
+        self._seqs: list[int] = []
+        self._bodies: list[bytes] = []
+        self.sent: set[int] = set()
+        self.high_water = 0
+        self.reason = "ack"  # what the link is processing: "ack" or "replay"
+
+    def __len__(self) -> int:
+        return len(self._seqs)
+
+    def append(self, seq: int, body: bytes) -> None:
+        self._seqs.append(seq)
+        self._bodies.append(body)
+        self.high_water = max(self.high_water, len(self._seqs))
+
+    def seq_at(self, i: int) -> int:
+        return self._seqs[i]
+
+    def newest_seq(self) -> int:
+        return self._seqs[-1] if self._seqs else 0
+
+    def index_of(self, seq: int) -> int:
+        """Index of the first entry with seq >= `seq` (len(self) if none)."""
+        return bisect.bisect_left(self._seqs, seq)
+
+    def read(self, i: int) -> bytes:
+        """The record body at `i`: the link calls this only to send it."""
+        seq = self._seqs[i]
+        if seq in self.sent:
+            self.log.count("retransmitted_records")
+        self.sent.add(seq)
+        return self._bodies[i]
+
+    def ack(self, seq: int) -> int:
+        k = self.index_of(seq + 1)
+        if not k:
+            return 0
+        for s in self._seqs[:k]:
+            self.log.ack(self.node.i, s)
+            if self.reason == "replay":
+                self.log.count("acked_by_nack_replay")
+            if s not in self.sent:
+                self.log.count("acked_never_sent")
+            elif s != seq:
+                self.log.count("acked_by_higher_seq")
+            self.sent.discard(s)
+        del self._seqs[:k]
+        del self._bodies[:k]
+        return k
 
 
 class PtyNode:
-    def __init__(self, i: int, d: Path) -> None:
+    def __init__(self, i: int, d: Path, log: AckLog) -> None:
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
         from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-        from gateway.protocol import FrameDecoder
 
         self.i = i
         self.device_id = f"bench-{i:02d}"
@@ -174,15 +264,28 @@ class PtyNode:
         if self.link.is_symlink():
             self.link.unlink()
         self.link.symlink_to(os.ttyname(self.slave))
-        self.decoder = FrameDecoder()
         self.out = bytearray()
-        self.unacked: dict[int, bytes] = {}
         self.seq = 0
-        self.last_progress = time.monotonic()
-        self.last_resend = 0.0
+        self.started = time.monotonic()
+        self.buffer = MemBuffer(self, log)
+        rng = random.Random(i)
+        link_class = firmware_link_class()
+        buffer = self.buffer
+
+        class BenchLink(link_class):  # type: ignore[misc,valid-type]
+            def _nack(self, seq: int, reason: str, now: int) -> None:
+                log.count(f"nack_{reason}")
+                buffer.reason = reason
+                try:
+                    super()._nack(seq, reason, now)
+                finally:
+                    buffer.reason = "ack"
+
+        self.fw = BenchLink(self.buffer, self.hello_body, rand=lambda: rng.getrandbits(16))
 
     def record(self, seq: int) -> bytes:
-        from gateway.protocol import FrameType, encode_frame, sign1
+        """The signed record (COSE_Sign1 body) of `seq`, padded to RECORD_BYTES."""
+        from gateway.protocol import sign1
 
         now = time.time()
         pack: list[dict[int, Any]] = [
@@ -194,8 +297,7 @@ class PtyNode:
         body = sign1(self.seed, self.device_id.encode(), self._payload(seq, pack, 0))
         pad = RECORD_BYTES - len(body)
         pack[-1][3] = "x" * max(0, pad)
-        body = sign1(self.seed, self.device_id.encode(), self._payload(seq, pack, 0))
-        return encode_frame(FrameType.RECORD, body)
+        return sign1(self.seed, self.device_id.encode(), self._payload(seq, pack, 0))
 
     @staticmethod
     def _payload(seq: int, pack: list[dict[int, Any]], tb: int) -> bytes:
@@ -204,17 +306,24 @@ class PtyNode:
 
         return encode_record_payload(RecordPayload(seq, 1, pack, tb))
 
-    def hello(self) -> bytes:
-        from gateway.protocol import FrameType, Hello, encode_frame, encode_hello
+    def hello_body(self) -> bytes:
+        from gateway.protocol import Hello, encode_hello
 
-        h = Hello(self.device_id, "bench-1.0", 1, "power-on", 1000, self.seq)
-        return encode_frame(FrameType.HELLO, encode_hello(h))
+        uptime = int((time.monotonic() - self.started) * 1000)
+        return encode_hello(Hello(self.device_id, "bench-1.0", 1, "power-on", uptime, self.seq))
 
     def tick(self) -> None:
+        """The sampler: a new record goes into the buffer (the link decides when to send)."""
         self.seq += 1
-        frame = self.record(self.seq)
-        self.unacked[self.seq] = frame
-        self.out += frame
+        self.buffer.append(self.seq, self.record(self.seq))
+
+    def pump(self, now_ms: int) -> None:
+        """Let the link emit what it wants to send now (as the firmware's link loop)."""
+        while True:
+            frame = self.fw.poll(now_ms)
+            if frame is None:
+                return
+            self.out += frame
 
     def flush(self) -> None:
         while self.out:
@@ -224,51 +333,24 @@ class PtyNode:
                 return
             del self.out[:n]
 
-    def read(self, log: AckLog) -> None:
-        from gateway.protocol import FrameType, ProtocolError, decode_ack, decode_nack
-
+    def read(self, now_ms: int) -> None:
         while True:
             try:
-                data = os.read(self.master, 65536)
+                data = os.read(self.master, READ_CHUNK)
             except (BlockingIOError, OSError):
                 break
             if not data:
                 break
-            self.decoder.feed(data)
-        while True:
-            try:
-                f = self.decoder.next_frame()
-            except ProtocolError:
-                log.count("frame_errors")
-                continue
-            if f is None:
-                return
-            if f.type == FrameType.ACK:
-                upto = decode_ack(f.body)
-                done = [s for s in self.unacked if s <= upto]
-                for s in done:
-                    del self.unacked[s]
-                    log.ack(self.i, s)
-                if done:
-                    self.last_progress = time.monotonic()
-            elif f.type == FrameType.NACK:
-                seq, reason = decode_nack(f.body)
-                log.count(f"nack_{reason}")
-                if reason != "busy":
-                    self.unacked.pop(seq, None)
+            self.fw.receive(data, now_ms)
 
-    def maybe_resend(self) -> None:
-        now = time.monotonic()
-        if not self.unacked or self.out:
-            return
-        if now - self.last_progress < RESEND_AFTER or now - self.last_resend < RESEND_AFTER:
-            return
-        self.last_resend = now
-        self.out += self.hello()
-        for n, frame in enumerate(self.unacked.values()):
-            if n >= MAX_RESEND:
-                break
-            self.out += frame
+    def counters(self) -> dict[str, int]:
+        return {
+            "link_retransmit_timeouts": self.fw.retransmits,
+            "link_error_nacks": self.fw.nack_errors,
+            "link_frame_errors": self.fw.decoder.errors,
+            "buffered": len(self.buffer),
+            "buffer_high_water": self.buffer.high_water,
+        }
 
     def close(self) -> None:
         for fd in (self.master, self.slave):
@@ -284,7 +366,7 @@ class PtyNode:
 
 def run_pty(args: argparse.Namespace, log: AckLog, stop: threading.Event) -> None:
     d = Path(args.dir)
-    nodes = [PtyNode(i, d) for i in range(args.sources)]
+    nodes = [PtyNode(i, d, log) for i in range(args.sources)]
     reg = Path(args.registry) if args.registry else None
     if reg is not None:
         reg.mkdir(parents=True, exist_ok=True)
@@ -302,9 +384,17 @@ def run_pty(args: argparse.Namespace, log: AckLog, stop: threading.Event) -> Non
             tmp.rename(reg / f"{n.device_id}.json")
     (d / "ready").write_text("ok")
     by_fd = {n.master: n for n in nodes}
-    for n in nodes:
-        n.out += n.hello()
     next_t = time.monotonic()
+
+    def totals() -> dict[str, int]:
+        tot: dict[str, int] = {}
+        for n in nodes:
+            for k, v in n.counters().items():
+                tot[k] = max(tot.get(k, 0), v) if k == "buffer_high_water" else tot.get(k, 0) + v
+        return tot
+
+    log.extra = totals
+
     try:
         while not stop.is_set():
             now = time.monotonic()
@@ -313,16 +403,23 @@ def run_pty(args: argparse.Namespace, log: AckLog, stop: threading.Event) -> Non
                     n.tick()
                     log.sent += 1
                 next_t += args.interval
-            wr = [n.master for n in nodes if n.out]
-            r, w, _ = select.select(list(by_fd), wr, [], max(0.0, min(0.05, next_t - now)))
-            for fd in r:
-                by_fd[fd].read(log)
-            for fd in w:
-                by_fd[fd].flush()
+            now_ms = int(time.monotonic() * 1000)
             for n in nodes:
-                n.maybe_resend()
+                n.pump(now_ms)
+            wr = [n.master for n in nodes if n.out]
+            # wake at least every 20 ms (the firmware's link loop period) for timers
+            r, _, _ = select.select(list(by_fd), wr, [], max(0.0, min(0.02, next_t - now)))
+            now_ms = int(time.monotonic() * 1000)
+            for fd in r:
+                node = by_fd[fd]
+                node.read(now_ms)
+                node.pump(now_ms)
+            for n in nodes:
+                if n.out:
+                    n.flush()
             log.status()
     finally:
+        log.status(force=True)
         for n in nodes:
             n.close()
 
