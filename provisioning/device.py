@@ -96,6 +96,19 @@ print(binascii.hexlify(ed25519.public_key(_s)).decode())
 _s = None
 """
 
+_SEQ_BITS = """
+import citysense
+for _k in ('citysense.buffer', citysense.__name__ + '.buffer'):
+    sys.modules.pop(_k, None)
+try:
+    delattr(citysense, 'buffer')
+except (AttributeError, KeyError):
+    pass
+from citysense import buffer as _cs_b
+print(getattr(_cs_b, 'SEQ_BITS', 32))
+_cs_b = None
+"""
+
 # /state/seq: the node's seq reservation limit L (u64 LE || crc32 LE, as
 # firmware/lib/citysense/state.py writes it); the node continues at L on boot. Raised to
 # `floor` (never lowered), replaced atomically (temp file + rename), read back. Prints
@@ -258,6 +271,19 @@ class Device:
         if len(out) != 64:
             raise DeviceError("the device returned a malformed public key, reset it and retry")
         return out
+
+    def firmware_seq_bits(self) -> int:
+        """How wide the deployed firmware's flash buffer stores a seq: 64, or 32 for
+        firmware from before the seq floor (its buffer would truncate floored seqs).
+        The module is imported afresh: the app (or an earlier session) may hold the one
+        from before a deploy."""
+        out = self.run(_SEQ_BITS, "checking the firmware's seq width").strip()
+        try:
+            return int(out)
+        except ValueError:
+            raise DeviceError(
+                f"the device answered {out[:60]!r} for the firmware's seq width, reset it and retry"
+            ) from None
 
     def raise_seq_floor(self, floor: int, path: str = SEQ_PATH) -> tuple[int | None, int]:
         """Make the node's seq reservation limit at least `floor` (never lower it).

@@ -201,6 +201,11 @@ def enroll(device: Device, opts: EnrollOptions, progress: Progress) -> dict[str,
     if old is not None and not keep and not opts.replace:
         raise _conflict(device_id, old)
     floor = seq_floor(unix_ms(), device_id, old)
+    if device.firmware_seq_bits() < 64:
+        raise ProvisionError(
+            "the citysense firmware on the node stores seqs in 32 bits, too few for the seq"
+            " floor: run citysense-provision deploy first, then enroll again"
+        )
     if opts.operator_pub is None and device.read_hex(OPERATOR_PATH) is None:
         raise ProvisionError(
             f"{device_id} has no operator key, pass --operator-pub OPERATOR.pub"

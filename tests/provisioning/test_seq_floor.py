@@ -156,3 +156,26 @@ def test_seq_floor_rules() -> None:
     old["previous_keys"][0]["revoked_at"] = "yesterday"
     old["revoked_at"] = None
     assert seq_floor(now, "n-1", old) == now
+
+
+def test_enroll_refuses_firmware_with_32_bit_seqs(node: NodeRepl, tmp_path: Path) -> None:
+    """Firmware from before the floor keeps a u32 seq per flash entry: a floored seq
+    (> 2**32) would come back truncated after a reboot. Refused before anything is
+    written; a deploy of the current firmware fixes it."""
+    deploy(node)
+    buffer_py = node.flash / "lib" / "citysense" / "buffer.py"
+    text = buffer_py.read_text()
+    assert "SEQ_BITS = const(64)" in text
+    buffer_py.write_text(text.replace("SEQ_BITS = const(64)", "OLD_FIRMWARE = 1"))
+    registry_dir = tmp_path / "registry"
+    res = run_cli(
+        "enroll", "--port", str(node.port), "--registry", str(registry_dir),
+        "--operator-pub", str(operator_pub(tmp_path)),
+    )  # fmt: skip
+    assert_one_line_error(
+        res, "the citysense firmware on the node stores seqs in 32 bits", "deploy first"
+    )
+    assert not (node.flash / "state").exists() and not (node.flash / "config").exists()
+    assert list(registry_dir.glob("*.json")) == []
+    deploy(node)
+    assert enroll(node, registry_dir)["seq_state"] == seq_state(node)

@@ -34,6 +34,7 @@ except ImportError:
         return x
 
 
+SEQ_BITS = const(64)  # seq width in an entry; `citysense-provision enroll` checks it
 _MAGIC = const(0xA6)  # entry with a u64 seq: what append() writes
 _HDR = const(15)
 _MAGIC32 = const(0xA5)  # entry with a u32 seq (firmware before the seq floor): read only
