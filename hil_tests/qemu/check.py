@@ -6,8 +6,9 @@ Boots the arm64 image from its `booted` snapshot and checks, failing with a non-
 exit on the first miss: the unit reaches active (running) via Type=notify; SIGKILL ->
 restarted by systemd; SIGSTOP -> killed by the watchdog and restarted; systemd-analyze
 security <= 2.0; journald holds the service's log lines; a power cut (QEMU quit) and a
-cold boot. With the real gateway it also runs an emulated node on the host, feeding
-the guest's virtio serial port, and a Mosquitto (mTLS) on host loopback reached through
+cold boot. With the real gateway it also runs the real firmware node on the host
+(`citysense-emulator run`, enrolled through its REPL) bridged to the guest's serial port
+(a PCI UART), and a Mosquitto (mTLS) on host loopback reached through
 the single guest forward; records must arrive byte-identical and verified, nothing
 lost, and the queue must survive the power cut and drain.
 """
