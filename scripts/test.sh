@@ -22,7 +22,7 @@ scripts/check_firmware.sh
 
 stage "tests: pytest (unit, firmware under micropython, whole-system)"
 set +e
-python -m pytest -q -p no:cacheprovider "$@"
+python -m pytest -q -p no:cacheprovider --durations=15 "$@"
 rc=$?
 set -e
 if [ "$rc" -ne 0 ]; then
