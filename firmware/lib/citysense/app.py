@@ -12,7 +12,7 @@ import sys
 import time
 
 import asyncio
-from citysense import cbor, config, cose, hal, safe, senml, state
+from citysense import cbor, cose, hal, safe, senml, state
 from citysense.buffer import Buffer
 from citysense.commands import Commands
 from citysense.link import Link
@@ -31,6 +31,44 @@ _WDT_MS = const(10000)
 _STALE_MS = const(8000)  # a task silent this long is unhealthy: stop feeding the WDT
 _HELLO_PROBLEM_MS = const(5000)
 _READ_CHUNK = const(256)
+
+
+_FATAL = ("config-missing", "config-corrupt", "config-invalid", "key-missing", "key-corrupt")
+
+
+class Config:
+    """The node's configuration (defaults here, filled by `config.load`). `problem`: why
+    the node cannot run (see config.py), reported in HELLO key 8."""
+
+    def __init__(self, default_id):
+        self.device_id = default_id
+        self.interval_s = 60
+        self.batch = 5
+        self.link = {"uart": 1, "tx": 17, "rx": 16, "baud": 115200}
+        self.sensors = ["bme280", "battery"]
+        self.seed = None
+        self.operator = None
+        self.problem = None
+
+    @property
+    def fatal(self):
+        return self.problem in _FATAL
+
+
+def load_config(default_id):
+    """Config from the device filesystem; the loader module is dropped afterwards (it is
+    needed once per boot and would otherwise hold heap for the node's life)."""
+    import citysense
+    from citysense import config
+
+    cfg = config.load(Config(default_id))
+    del config
+    sys.modules.pop("citysense.config", None)
+    try:
+        delattr(citysense, "config")
+    except AttributeError:
+        pass
+    return cfg
 
 
 class Clock:
@@ -52,7 +90,7 @@ class Node:
         self.clock = Clock()
         self.reset_cause = hal.reset_cause()
         default_id = "esp32-" + "".join("%02x" % b for b in hal.unique_id())
-        self.cfg = config.load(default_id)
+        self.cfg = load_config(default_id)
         gc.collect()
         self.boot = state.load("boot", 0) + 1
         state.store("boot", self.boot)
@@ -219,7 +257,7 @@ class Node:
         while True:
             await asyncio.sleep_ms(2000)
             self.beat_sampler = self.clock.now()
-            cfg = config.load(self.cfg.device_id)
+            cfg = load_config(self.cfg.device_id)
             self.cfg.problem = cfg.problem  # what the next HELLO reports
             if not cfg.fatal:
                 hal.reset()  # provisioned: start again with the new config

@@ -191,6 +191,25 @@ def dumps(obj):
     return bytes(out)
 
 
+_SCRATCH = const(1152)  # a whole record (buffer.MAX_ENTRY) with room to spare
+_work = []  # type: list[bytearray]
+
+
+def scratch():
+    """An empty bytearray with room for a whole record, the same one every call.
+
+    Encoding into a fresh bytearray grows it a few bytes at a time, and every growth
+    that cannot happen in place leaves a hole behind: on a 100 KB heap, signing one
+    record that way fragments the heap more than the record is big. The hot path (the
+    payload, the Sig_structure, the COSE_Sign1) encodes here instead and copies out the
+    result; the caller must be done with the previous contents."""
+    if not _work:
+        _work.append(bytearray(_SCRATCH))
+    out = _work[0]
+    out[:] = b""  # length 0, the allocation kept
+    return out
+
+
 # ---- decoding (citysense.cbor_decode) -----------------------------------------------
 
 

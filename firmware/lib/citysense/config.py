@@ -5,42 +5,30 @@ reports in HELLO (key 8) while it waits for provisioning, instead of crash-loopi
 Fatal problems: config-missing, config-corrupt, config-invalid, key-missing, key-corrupt.
 Not fatal (records flow, COMMANDs are refused): operator-key-missing.
 Runtime overrides set by COMMANDs (interval, batch) live in /state and win over the file.
+
+The node needs this module once, at boot: `app` imports it, loads, and drops it from
+`sys.modules` so its code does not hold heap for the node's life. The `Config` object
+itself is therefore defined in `app`.
 """
 
 import json
+import os
 
 from citysense import state
 
 CONFIG = "config/device.json"
 KEY = "config/device.key"
 OPERATOR = "config/operator.pub"
-FATAL = ("config-missing", "config-corrupt", "config-invalid", "key-missing", "key-corrupt")
 
 _DEFAULT_LINK = {"uart": 1, "tx": 17, "rx": 16, "baud": 115200}
 
 
-class Config:
-    def __init__(self, default_id):
-        self.device_id = default_id
-        self.interval_s = 60
-        self.batch = 5
-        self.link = dict(_DEFAULT_LINK)
-        self.sensors = ["bme280", "battery"]
-        self.seed = None
-        self.operator = None
-        self.problem = None
-
-    @property
-    def fatal(self):
-        return self.problem in FATAL
-
-
 def _read(path, limit=2048):
-    with open(path, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
+    size = os.stat(path)[6]  # read what is there: no limit-sized buffer on a tight heap
+    if size > limit:
         raise ValueError("too big")
-    return data
+    with open(path, "rb") as f:
+        return f.read(size)
 
 
 def _fields(cfg, d):
@@ -70,8 +58,8 @@ def _fields(cfg, d):
     return cfg.batch <= 64
 
 
-def load(default_id):
-    cfg = Config(default_id)
+def load(cfg):
+    """Fill `cfg` (an `app.Config`, defaults set) from the files; sets `cfg.problem`."""
     try:
         raw = _read(CONFIG)
     except OSError:

@@ -42,8 +42,12 @@ def sign1(seed, kid, payload):
     if not 0 < len(kid) <= MAX_KID:
         raise ValueError("cose: kid must be 1..%d bytes" % MAX_KID)
     payload = bytes(payload)
-    sig = ed25519.sign(seed, sig_structure(PROTECTED, payload))
-    return cbor.dumps(cbor.Tag(COSE_SIGN1_TAG, [PROTECTED, {_HDR_KID: kid}, payload, sig]))
+    out = cbor.scratch()  # no growing buffers on the hot path (see cbor.scratch)
+    cbor.encode_into(out, ["Signature1", PROTECTED, b"", payload])
+    sig = ed25519.sign(seed, out)
+    out[:] = b""
+    cbor.encode_into(out, cbor.Tag(COSE_SIGN1_TAG, [PROTECTED, {_HDR_KID: kid}, payload, sig]))
+    return bytes(out)
 
 
 def _bad(message, reason="malformed"):

@@ -136,8 +136,16 @@ def _decode(s):
     return (x, y, 1, x * y % _P)
 
 
+_hasher = []  # type: list[sha512]  # one SHA-512 object, made once, reset for every hash
+
+
 def _hash_int(*parts):
-    h = sha512()
+    if _hasher:
+        h = _hasher[0]
+        h.reset()
+    else:
+        h = sha512()
+        _hasher.append(h)
     for part in parts:
         h.update(part)
     return int.from_bytes(h.digest(), "little")

@@ -123,7 +123,8 @@ def record_payload(seq, boot, pack, time_base=TIME_UNIX):
     `pack` is a Pack or a list of SenML record dicts."""
     if time_base not in (TIME_UNIX, TIME_BOOT):
         raise ValueError("senml: time base must be 0 (Unix) or 1 (since boot)")
-    out = bytearray(b"\xa4")
+    out = cbor.scratch()
+    out.append(0xA4)
     cbor.encode_into(out, _PAYLOAD_SEQ)
     cbor.encode_into(out, seq)
     cbor.encode_into(out, _PAYLOAD_BOOT)
