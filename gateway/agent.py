@@ -243,6 +243,8 @@ def _oldest_age(q: Queue) -> float | None:
 def read_state(cfg: Config) -> dict[str, object] | None:
     try:
         data = json.loads(Path(cfg.state_file).read_text())
+    except PermissionError:
+        raise  # not "not running": the caller says who may read it
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

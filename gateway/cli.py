@@ -18,14 +18,36 @@ from .queue import read_only_stats
 PROG = "citysense-gateway"
 
 
+# syslog priorities; under systemd a "<N>" line prefix sets the journal entry's priority
+# (SyslogLevelPrefix=yes, the default), so `journalctl -p warning` filters as expected
+_PRIORITY = {"CRITICAL": 2, "ERROR": 3, "WARNING": 4, "INFO": 6, "DEBUG": 7}
+
+
+class _JournalFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{_PRIORITY.get(record.levelname, 6)}>{super().format(record)}"
+
+
+def _stderr_is_journal() -> bool:
+    """JOURNAL_STREAM names the journal stream as "device:inode"; it only counts when
+    stderr is that stream (not when inherited by a process whose stderr went elsewhere)."""
+    dev, _, ino = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+        return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
 def _setup_logging(level: str) -> None:
     # journald adds its own timestamp; one key=value line per event
     fmt = "level=%(levelname)s logger=%(name)s %(message)s"
-    if not os.environ.get("JOURNAL_STREAM"):
-        fmt = "%(asctime)s " + fmt
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO), format=fmt, stream=sys.stderr
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    if _stderr_is_journal():
+        handler.setFormatter(_JournalFormatter(fmt))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s " + fmt))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
 
 
 def _load(path: str) -> Config:
@@ -61,11 +83,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _queue_stats(cfg: Config) -> dict[str, object] | None:
-    if not cfg.db_path.exists():
-        return None
     try:
+        if not cfg.db_path.exists():
+            return None
         return read_only_stats(cfg.db_path)
-    except sqlite3.Error as exc:
+    except PermissionError:
+        print(
+            f"{PROG}: cannot read {cfg.db_path}: permission denied "
+            "(the state directory belongs to the service: run with sudo)",
+            file=sys.stderr,
+        )
+        return None
+    except (sqlite3.Error, OSError) as exc:
         print(f"{PROG}: cannot read {cfg.db_path}: {exc}", file=sys.stderr)
         return None
 
@@ -191,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.fn(args))
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    except PermissionError as exc:
+        print(f"{PROG}: {exc.strerror}: {exc.filename} (run with sudo)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

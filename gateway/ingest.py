@@ -51,14 +51,29 @@ class SerialIngest:
         self.heartbeat = time.monotonic()
         self.started = asyncio.Event()
         self._stopping = False
+        self.missing: set[str] = set()  # configured ports/globs that match no device now
 
     def matching(self) -> dict[str, int]:
         found: dict[str, int] = {}
         for p in self.ports:
             paths = sorted(glob.glob(p.port)) if glob.has_magic(p.port) else [p.port]
+            hit = False
             for path in paths:
-                if path not in found and _exists(path):
-                    found[path] = p.baud
+                if _exists(path):
+                    hit = True
+                    if path not in found:
+                        found[path] = p.baud
+            # said once when a configured port is (or goes) missing, not every scan;
+            # the gateway keeps scanning and opens it when it appears (hot-plug)
+            if not hit and p.port not in self.missing:
+                self.missing.add(p.port)
+                log.warning(
+                    "event=port-missing port=%s detail=no such device; rescanning every %gs",
+                    p.port,
+                    SCAN_INTERVAL,
+                )
+            elif hit:
+                self.missing.discard(p.port)
         return found
 
     async def run(self) -> None:
