@@ -37,10 +37,11 @@ from gateway.protocol import (
 
 OUTAGE_S = 6
 """6 s spans several reconnect attempts (backoff 0.5, 1, 2, 4 s) and keeps this unit
-test fast; the issue's 30 s with the real Mosquitto (mTLS, ACL) stopped and restarted is
-`hil_tests/test_scenarios.py::test_2_broker_outage_and_backpressure`. The outage cuts the gateway's path to the broker (every connection
-dropped, the port refusing) while the broker and the consumer stay up, so that what the
-consumer sees is exactly what reached the broker."""
+test fast; the issue's 30 s with the real Mosquitto (mTLS, ACL) stopped and restarted
+is hil_tests/test_scenarios.py::test_2_broker_outage_and_backpressure. The outage here
+cuts the gateway's path to the broker (every connection dropped, the port refusing)
+while the broker and the consumer stay up, so that what the consumer sees is exactly
+what reached the broker."""
 
 
 def first_occurrence_order(pairs: list[tuple[str, int]]) -> list[int]:
