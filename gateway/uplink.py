@@ -24,7 +24,11 @@ log = logging.getLogger("citysense.uplink")
 
 CONTENT_TYPE = 'application/cose; cose-type="cose-sign1"'
 BACKOFF_MIN = 0.5
-BACKOFF_MAX = 60.0
+# Reconnect delay: 0.5 s doubling to 15 s, each drawn from [d/2, d] (jitter spreads a
+# fleet's reconnects after a broker restart). The cap bounds how long a queue that
+# built up during an outage waits after the broker is back: with 60 s, a 60 s outage
+# cost 33 s more before the drain began (docs/benchmarks.md).
+BACKOFF_MAX = 15.0
 _V5_REFUSED = {1, 132}  # 3.1.1 "unacceptable protocol version"; v5 "Unsupported Protocol Version"
 
 
