@@ -65,8 +65,8 @@ class Phases:
         self.steady = 60 * scale
         self.outage = 60 * scale
         self.kill_window = 60 * scale
-        # bounded waits; at full scale longer than any reconnect backoff (citysense caps
-        # at 60 s) so a system that is merely waiting to reconnect is not cut off
+        # bounded waits; at full scale far longer than a reconnect backoff (citysense's is
+        # capped at 15 s) so a system that is merely waiting to reconnect is not cut off
         self.recover_max = max(10.0, 180 * scale)
         self.settle_max = max(10.0, 180 * scale)
         self.quiet = max(5.0, 70 * scale)
