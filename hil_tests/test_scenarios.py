@@ -118,7 +118,7 @@ def test_5_line_noise(make_lab: MakeLab) -> None:
     lab = make_lab(nodes=3, noise=noise)
     lab.run()
     _wait_flowing(lab, 90)
-    time.sleep(seconds(30, 120))
+    time.sleep(seconds(20, 120))
     flipped = sum(n.proxy.stats[d].flipped for n in lab.nodes if n.proxy for d in ("up", "down"))
     assert flipped > 0, "the noise proxy injected no bit flip: the scenario proved nothing"
     # At 2e-3 errors per byte about half of all 400-byte frames die, and stop-and-wait
