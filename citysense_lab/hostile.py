@@ -1,6 +1,11 @@
 """A hostile node on one serial line: forged signatures, replayed seqs, an unknown kid,
 oversize and garbage frames, at full line rate. It holds the key of one registered
-device (`hostile-1`, enrolled by the test) so that its replays are validly signed."""
+device (`hostile-1`, enrolled by the test) so that its replays are validly signed.
+
+A replay re-sends, with other content, a seq the gateway has already ACKed (it reads
+the gateway's ACKs). A seq the gateway never stored is not a replay: signed with the
+device's key it is a new record (e.g. when the gateway flushed the line on opening the
+port and the first copy was never read), and the gateway rightly stores it."""
 
 from __future__ import annotations
 
@@ -15,9 +20,12 @@ from collections import Counter
 from pathlib import Path
 
 from gateway.protocol import (
+    FrameDecoder,
     FrameType,
     Hello,
+    ProtocolError,
     RecordPayload,
+    decode_ack,
     encode_frame,
     encode_hello,
     encode_record_payload,
@@ -42,6 +50,8 @@ class HostileNode:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._fds: tuple[int, int] | None = None
+        self._decoder = FrameDecoder()
+        self.acked = 0  # highest seq the gateway ACKed (cumulative)
 
     def start(self) -> None:
         master, slave = pty.openpty()
@@ -74,12 +84,25 @@ class HostileNode:
                 time.sleep(0.01)
 
     def _drain(self, fd: int) -> None:
+        """Read what the gateway said; keep the highest ACKed seq."""
         os.set_blocking(fd, False)
         try:
-            while os.read(fd, 4096):
-                pass
+            while data := os.read(fd, 4096):
+                self._decoder.feed(data)
         except (BlockingIOError, OSError):
             pass
+        while True:
+            try:
+                frame = self._decoder.next_frame()
+            except ProtocolError:
+                continue
+            if frame is None:
+                return
+            if frame.type == FrameType.ACK:
+                try:
+                    self.acked = max(self.acked, decode_ack(frame.body))
+                except ProtocolError:
+                    pass
 
     def _run(self) -> None:
         assert self._fds is not None
@@ -97,8 +120,8 @@ class HostileNode:
             forged[-1 - self.rng.randrange(64)] ^= 1 << self.rng.randrange(8)
             self._write(fd, encode_frame(FrameType.RECORD, bytes(forged)))
             self.sent["forged"] += 1
-            if seq > 2:  # the same seq again with other content: a replay
-                replay = _record(self.seed, HOSTILE_ID, seq - 2, 99.0)
+            if self.acked >= 1:  # a stored seq again with other content: a replay
+                replay = _record(self.seed, HOSTILE_ID, self.rng.randint(1, self.acked), 99.0)
                 self._write(fd, encode_frame(FrameType.RECORD, replay))
                 self.sent["replay"] += 1
             self._write(fd, encode_frame(FrameType.RECORD, _record(stranger, "intruder", seq, 0.0)))
