@@ -169,33 +169,43 @@ class Lab:
             self.broker = AmqttBroker(bdir, self.broker_port, self.tls("broker"))
         self.broker.start()
 
-    def enroll_node(self, i: int) -> Node:
-        device_id = f"node-{i + 1}"
-        uid = f"02c17e{i + 1:06x}"
-        flash = self.dir / "flash" / device_id
+    def repl_enroll(
+        self, name: str, uid: str, device_id: str, *extra: str
+    ) -> tuple[Path, dict[str, Any]]:
+        """A fresh flash folder `flash/NAME` flashed and enrolled as `device_id` the way a
+        technician does it: `citysense-emulator repl` on a pty, `citysense-provision
+        deploy` and `enroll` (plus `extra` enroll arguments) against it. Returns the flash
+        folder and enroll's JSON summary."""
+        flash = self.dir / "flash" / name
         flash.mkdir(parents=True, exist_ok=True)
-        repl = self.dir / "links" / f"{device_id}.repl"
+        repl = self.links / f"{name}.repl"
         proc = self.reaper.add(
             Proc(
-                f"repl-{device_id}",
+                f"repl-{name}",
                 [tool("citysense-emulator"), "repl", "--flash", str(flash), "--port", str(repl),
                  "--unique-id", uid],
-                self.dir / f"{device_id}-repl.log",
+                self.dir / f"{name}-repl.log",
                 env=self.env,
             ).start()
         )  # fmt: skip
         try:
-            wait_until(repl.exists, 20, f"the REPL pty of {device_id}")
+            wait_until(repl.exists, 20, f"the REPL pty of {name}")
             self.provision("deploy", "--port", str(repl), "--source", timeout=120)
             out = self.provision(
                 "enroll", "--port", str(repl), "--registry", str(self.registry),
                 "--device-id", device_id, "--operator-pub", f"{self.op_key}.pub",
                 "--interval", str(self.opts.interval_s), "--batch", str(self.opts.batch),
-                "--json",
+                "--json", *extra,
             )  # fmt: skip
         finally:
             proc.stop(timeout=5)
-        summary = json.loads(out)
+        summary: dict[str, Any] = json.loads(out)
+        return flash, summary
+
+    def enroll_node(self, i: int) -> Node:
+        device_id = f"node-{i + 1}"
+        uid = f"02c17e{i + 1:06x}"
+        flash, _ = self.repl_enroll(device_id, uid, device_id)
         node = Node(
             index=i,
             device_id=device_id,
@@ -206,7 +216,6 @@ class Lab:
             log=self.dir / f"{device_id}.log",
             public_key=bytes.fromhex(self.registry_key(device_id)),
         )
-        del summary
         self.nodes.append(node)
         return node
 

@@ -11,14 +11,13 @@ answers by deleting the record), and (device_id, seq) stays unique at the cloud.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
 from ledger import settle
 
-from citysense_lab.procs import Proc, wait_until
-from citysense_lab.stack import Lab, Node, tool
+from citysense_lab.procs import wait_until
+from citysense_lab.stack import Lab, Node
 
 MakeLab = Callable[..., Lab]
 NEW_UID = "02c17e0000ff"
@@ -27,29 +26,7 @@ NEW_UID = "02c17e0000ff"
 def enroll_replacement(lab: Lab, old: Node, uid: str) -> tuple[Node, dict[str, Any]]:
     """Deploy and enroll a fresh board under `old`'s id through its REPL (--replace)."""
     name = f"{old.device_id}-{uid}"
-    flash = lab.dir / "flash" / name
-    flash.mkdir(parents=True)
-    repl = lab.links / f"{name}.repl"
-    proc = lab.reaper.add(
-        Proc(
-            f"repl-{name}",
-            [tool("citysense-emulator"), "repl", "--flash", str(flash), "--port", str(repl),
-             "--unique-id", uid],
-            lab.dir / f"{name}-repl.log",
-            env=lab.env,
-        ).start()
-    )  # fmt: skip
-    try:
-        wait_until(repl.exists, 20, f"the REPL pty of {name}")
-        lab.provision("deploy", "--port", str(repl), "--source", timeout=120)
-        out = lab.provision(
-            "enroll", "--port", str(repl), "--registry", str(lab.registry),
-            "--device-id", old.device_id, "--replace", "--operator-pub", f"{lab.op_key}.pub",
-            "--interval", str(lab.opts.interval_s), "--batch", str(lab.opts.batch), "--json",
-        )  # fmt: skip
-    finally:
-        proc.stop(timeout=5)
-    summary: dict[str, Any] = json.loads(out)
+    flash, summary = lab.repl_enroll(name, uid, old.device_id, "--replace")
     new = Node(
         index=old.index,
         device_id=old.device_id,
