@@ -62,7 +62,6 @@ def load_config(default_id):
     from citysense import config
 
     cfg = config.load(Config(default_id))
-    del config
     sys.modules.pop("citysense.config", None)
     try:
         delattr(citysense, "config")

@@ -20,8 +20,6 @@ CONFIG = "config/device.json"
 KEY = "config/device.key"
 OPERATOR = "config/operator.pub"
 
-_DEFAULT_LINK = {"uart": 1, "tx": 17, "rx": 16, "baud": 115200}
-
 
 def _read(path, limit=2048):
     size = os.stat(path)[6]  # read what is there: no limit-sized buffer on a tight heap
@@ -46,8 +44,8 @@ def _fields(cfg, d):
     link = d.get("link", {})
     if not isinstance(link, dict):
         return False
-    for key in _DEFAULT_LINK:
-        v = link.get(key, _DEFAULT_LINK[key])
+    for key in cfg.link:  # the defaults (app.Config); only their values are replaced
+        v = link.get(key, cfg.link[key])
         if not isinstance(v, int) or v < 0:
             return False
         cfg.link[key] = v

@@ -31,9 +31,14 @@ MAX_KID = const(64)
 _MAX_DEPTH = const(4)  # the Sign1 structure itself nests 3 deep; payload is a bstr
 
 
-def sig_structure(protected, payload):
-    """The bytes Ed25519 signs: CBOR ["Signature1", protected, h'', payload]."""
-    return cbor.dumps(["Signature1", protected, b"", payload])
+def sig_structure(protected, payload, out=None):
+    """The bytes Ed25519 signs: CBOR ["Signature1", protected, h'', payload]. Given
+    `out` (an empty bytearray) they are encoded there and `out` is returned."""
+    item = ["Signature1", protected, b"", payload]
+    if out is None:
+        return cbor.dumps(item)
+    cbor.encode_into(out, item)
+    return out
 
 
 def sign1(seed, kid, payload):
@@ -43,8 +48,7 @@ def sign1(seed, kid, payload):
         raise ValueError("cose: kid must be 1..%d bytes" % MAX_KID)
     payload = bytes(payload)
     out = cbor.scratch()  # no growing buffers on the hot path (see cbor.scratch)
-    cbor.encode_into(out, ["Signature1", PROTECTED, b"", payload])
-    sig = ed25519.sign(seed, out)
+    sig = ed25519.sign(seed, sig_structure(PROTECTED, payload, out))
     out[:] = b""
     cbor.encode_into(out, cbor.Tag(COSE_SIGN1_TAG, [PROTECTED, {_HDR_KID: kid}, payload, sig]))
     return bytes(out)
