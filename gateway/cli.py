@@ -88,12 +88,7 @@ def _queue_stats(cfg: Config) -> dict[str, object] | None:
             return None
         return read_only_stats(cfg.db_path)
     except PermissionError:
-        print(
-            f"{PROG}: cannot read {cfg.db_path}: permission denied "
-            "(the state directory belongs to the service: run with sudo)",
-            file=sys.stderr,
-        )
-        return None
+        raise  # one line from main(): who may read it
     except (sqlite3.Error, OSError) as exc:
         print(f"{PROG}: cannot read {cfg.db_path}: {exc}", file=sys.stderr)
         return None
