@@ -13,7 +13,7 @@ import os
 import select
 import sys
 
-from citysense.hal import emu_bme280
+from citysense.hal import emu_board
 
 _EXIT_SOFT = 3  # the emulator restarts the node with reset cause "soft"
 _EXIT_DEEPSLEEP = 4
@@ -24,8 +24,11 @@ def _env(name, default):
     return default if v is None or v == "" else v
 
 
-_SEED = int(_env("CITYSENSE_SEED", "1"))
-_SENSORS = _env("CITYSENSE_SENSORS", "bme280,battery").split(",")
+emu_board.attach(
+    int(_env("CITYSENSE_SEED", "1")),
+    _env("CITYSENSE_SENSORS", "bme280,battery").split(","),
+    os.getenv("CITYSENSE_WDT_FD"),
+)
 
 
 def unique_id():
@@ -84,65 +87,17 @@ def uart(uid=1, tx=17, rx=16, baud=115200):
     return _Uart(int(fd))
 
 
-class _I2C:
-    def __init__(self):
-        self._devs = {}
-        if "bme280" in _SENSORS:
-            self._devs[emu_bme280.ADDRESS] = emu_bme280.Bme280(_SEED)
-
-    def scan(self):
-        return sorted(self._devs)
-
-    def _dev(self, addr):
-        d = self._devs.get(addr)
-        if d is None:
-            raise OSError(19)  # ENODEV: no ACK from that address
-        return d
-
-    def readfrom_mem(self, addr, reg, n):
-        return self._dev(addr).read(reg, n)
-
-    def readfrom_mem_into(self, addr, reg, buf):
-        buf[:] = self._dev(addr).read(reg, len(buf))
-
-    def writeto_mem(self, addr, reg, data):
-        self._dev(addr).write(reg, data)
-
-
 def i2c(uid=0, scl=22, sda=21, freq=400000):
-    return _I2C()
-
-
-class _Adc:
-    def __init__(self):
-        self._n = _SEED
-
-    def read_uv(self):
-        if "battery" not in _SENSORS:
-            return 0
-        # a LiPo through a 1:2 divider: 3.70..4.10 V -> 1.85..2.05 V at the pin
-        self._n = (self._n * 1103515245 + 12345) & 0x7FFFFFFF
-        return 1950000 + (self._n % 100000) - 50000
+    return emu_board  # the module is the bus (see emu_board)
 
 
 def adc(pin=35):
-    return _Adc()
-
-
-class _Wdt:
-    def __init__(self, timeout_ms):
-        fd = os.getenv("CITYSENSE_WDT_FD")
-        self._f = open(int(fd), "wb") if fd else None
-        if self._f:
-            self._f.write(b"i%d\n" % timeout_ms)
-
-    def feed(self):
-        if self._f:
-            self._f.write(b"f\n")
+    return emu_board
 
 
 def wdt(timeout_ms):
-    return _Wdt(timeout_ms)
+    emu_board.arm(timeout_ms)
+    return emu_board
 
 
 def set_time(unix_ms):

@@ -37,16 +37,9 @@ def i2c(uid=0, scl=22, sda=21, freq=400000):
     return machine.I2C(uid, scl=machine.Pin(scl), sda=machine.Pin(sda), freq=freq)
 
 
-class _Adc:
-    def __init__(self, pin):
-        self._adc = machine.ADC(machine.Pin(pin), atten=machine.ADC.ATTN_11DB)
-
-    def read_uv(self):
-        return self._adc.read_uv()
-
-
 def adc(pin):
-    return _Adc(pin)
+    """The ADC on `pin` (11 dB: up to ~3.1 V); read_uv() gives calibrated microvolts."""
+    return machine.ADC(machine.Pin(pin), atten=machine.ADC.ATTN_11DB)
 
 
 def wdt(timeout_ms):
