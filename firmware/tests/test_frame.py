@@ -66,6 +66,11 @@ def test_encode_exact():
     enc = frame.Encoder()
     for ftype, body in FRAMES:
         eq(bytes(enc.encode(ftype, body)), frame.encode(ftype, body), "Encoder %d" % ftype)
+    # the Encoder COBS-encodes in place: lengths at the 254-byte block edges, with and
+    # without zeros (no zero = the most overhead), must match the two-buffer encode()
+    for n in (244, 245, 249, 250, 254, 498, 499, 503, 504, 752, 753, 1006, 1007, 1019):
+        for body in (bytes([1 + i % 255 for i in range(n)]), bytes([i % 7 for i in range(n)])):
+            eq(bytes(enc.encode(frame.RECORD, body)), frame.encode(frame.RECORD, body), "n=%d" % n)
 
 
 def test_encode_limits():
