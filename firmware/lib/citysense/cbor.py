@@ -192,7 +192,10 @@ def dumps(obj):
 
 
 _SCRATCH = const(1152)  # a whole record (buffer.MAX_ENTRY) with room to spare
-_work = []  # type: list[bytearray]
+# allocated at import, i.e. at boot while the heap is still in one piece: made on first
+# use, a contiguous 1152 bytes may no longer be found (a COMMAND answered before the
+# first record failed that way in a 88 KiB heap)
+_work = bytearray(_SCRATCH)
 
 
 def scratch():
@@ -203,9 +206,7 @@ def scratch():
     record that way fragments the heap more than the record is big. The hot path (the
     payload, the Sig_structure, the COSE_Sign1) encodes here instead and copies out the
     result; the caller must be done with the previous contents."""
-    if not _work:
-        _work.append(bytearray(_SCRATCH))
-    out = _work[0]
+    out = _work
     out[:] = b""  # length 0, the allocation kept
     return out
 

@@ -104,6 +104,7 @@ def verify1(pub, data, kid=None):
     protected, got_kid, payload, signature = parse1(data)
     if kid is not None and got_kid != bytes(kid):
         raise _bad("kid %r is not the expected %r" % (got_kid, bytes(kid)), "kid")
-    if not ed25519.verify(pub, sig_structure(protected, payload), signature):
+    signed = sig_structure(protected, payload, cbor.scratch())
+    if not ed25519.verify(pub, signed, signature):
         raise _bad("signature does not verify for kid %r" % got_kid, "bad-signature")
     return got_kid, payload

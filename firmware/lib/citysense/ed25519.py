@@ -136,16 +136,12 @@ def _decode(s):
     return (x, y, 1, x * y % _P)
 
 
-_hasher = []  # type: list[sha512]  # one SHA-512 object, made once, reset for every hash
+_hasher = sha512()  # one SHA-512 object, made at import (boot), reset for every hash
 
 
 def _hash_int(*parts):
-    if _hasher:
-        h = _hasher[0]
-        h.reset()
-    else:
-        h = sha512()
-        _hasher.append(h)
+    h = _hasher
+    h.reset()
     for part in parts:
         h.update(part)
     return int.from_bytes(h.digest(), "little")
