@@ -1,6 +1,5 @@
 """Node entry: safe-mode check, global exception handler, asyncio.run(main())."""
 
-import gc
 import sys
 
 from citysense import frame
@@ -14,11 +13,14 @@ if safe.enter(hal.reset_cause()):
     print("citysense: SAFE MODE (crash loop): app not started, REPL available", file=sys.stderr)
 else:
     try:
+        from citysense import preload
+
+        preload.run()  # the app, imported module by module (see preload.py)
+        del preload
         import asyncio
 
         from citysense import app
 
-        gc.collect()
         asyncio.run(app.main(None, _enc, _dec))
     except KeyboardInterrupt:
         print("citysense: interrupted: REPL", file=sys.stderr)
