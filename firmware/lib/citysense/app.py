@@ -70,23 +70,10 @@ def load_config(default_id):
     return cfg
 
 
-class Clock:
-    """Monotonic ms since boot that does not wrap (ticks_ms does)."""
-
-    def __init__(self):
-        self._last = time.ticks_ms()
-        self.ms = 0
-
-    def now(self):
-        t = time.ticks_ms()
-        self.ms += time.ticks_diff(t, self._last)
-        self._last = t
-        return self.ms
-
-
 class Node:
     def __init__(self, encoder=None, decoder=None):
-        self.clock = Clock()
+        self._ticks = time.ticks_ms()
+        self.ms = 0  # ms since boot, not wrapping (ticks_ms does): see now()
         self.reset_cause = hal.reset_cause()
         default_id = "esp32-" + "".join("%02x" % b for b in hal.unique_id())
         self.cfg = load_config(default_id)
@@ -113,8 +100,15 @@ class Node:
         self.beat_sampler = 0
         self.beat_link = 0
 
+    def now(self):
+        """Monotonic ms since boot that does not wrap (ticks_ms does)."""
+        t = time.ticks_ms()
+        self.ms += time.ticks_diff(t, self._ticks)
+        self._ticks = t
+        return self.ms
+
     def _rand(self):
-        return self.clock.ms * 7919 + self.boot
+        return self.ms * 7919 + self.boot
 
     # ---- HELLO ----
     def hello_body(self):
@@ -124,7 +118,7 @@ class Node:
             3: VERSION,
             4: self.boot,
             5: self.reset_cause,
-            6: self.clock.now(),
+            6: self.now(),
             7: max(self.seqs.highest, self.buffer.newest_seq()),
         }
         if self.cfg.problem:
@@ -145,7 +139,7 @@ class Node:
             self.sync_now = True
             return "sampling now"
         if action == "reboot":
-            self.reboot_at = self.clock.now() + 500  # after the result went out
+            self.reboot_at = self.now() + 500  # after the result went out
             return "rebooting"
         raise ValueError("no handler for " + action)
 
@@ -156,7 +150,7 @@ class Node:
         self.sensors = sensors.open_all(self.cfg.sensors)
 
     def sample(self):
-        now = self.clock.now()
+        now = self.now()
         base = self.link.unix_offset
         tb = senml.TIME_BOOT if base is None else senml.TIME_UNIX
         if self.samples and tb != self.time_base:
@@ -176,7 +170,7 @@ class Node:
 
     def seal(self):
         p = self.pack
-        now = self.clock.now()
+        now = self.now()
         gc.collect()
         p.add("sys/heap", hal.free_heap(), "B")
         p.add("sys/uptime", now // 1000, "s")
@@ -199,11 +193,11 @@ class Node:
     async def sampler(self):
         self.setup_sensors()
         while True:
-            start = self.clock.now()
+            start = self.now()
             self.beat_sampler = start
             self.sample()
-            while self.clock.now() - start < self.cfg.interval_s * 1000 and not self.sync_now:
-                self.beat_sampler = self.clock.now()
+            while self.now() - start < self.cfg.interval_s * 1000 and not self.sync_now:
+                self.beat_sampler = self.now()
                 await asyncio.sleep_ms(200)
 
     # ---- link ----
@@ -214,11 +208,14 @@ class Node:
         link = self.link
         last_hello = 0
         while True:
-            now = self.clock.now()
+            now = self.now()
             self.beat_link = now
             n = uart.readinto(buf)
             if n:
                 link.receive(bytes(buf[:n]), now)
+                if link.time_set:
+                    link.time_set = False
+                    hal.set_time(now + link.unix_offset)
             if self.cfg.fatal and now - last_hello >= _HELLO_PROBLEM_MS:
                 link.hello_due = True
                 last_hello = now
@@ -241,7 +238,7 @@ class Node:
         wdt = hal.wdt(_WDT_MS)
         healthy_done = False
         while True:
-            now = self.clock.now()
+            now = self.now()
             ok = now - self.beat_link < _STALE_MS
             if not self.cfg.fatal:
                 ok = ok and now - self.beat_sampler < _STALE_MS
@@ -255,7 +252,7 @@ class Node:
     async def wait_for_config(self):
         while True:
             await asyncio.sleep_ms(2000)
-            self.beat_sampler = self.clock.now()
+            self.beat_sampler = self.now()
             cfg = load_config(self.cfg.device_id)
             self.cfg.problem = cfg.problem  # what the next HELLO reports
             if not cfg.fatal:
@@ -278,4 +275,8 @@ async def main(node=None, encoder=None, decoder=None):
         tasks.append(asyncio.create_task(node.wait_for_config()))
     else:
         tasks.append(asyncio.create_task(node.sampler()))
-    await asyncio.gather(*tasks)
+    # the tasks run forever; a task that raises ends main (the link task) or stops its
+    # heartbeat (the others) and the WDT resets the node. Awaiting them one by one
+    # instead of asyncio.gather() keeps asyncio.funcs (~0.8 KiB of heap) unloaded.
+    for t in tasks:
+        await t

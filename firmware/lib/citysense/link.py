@@ -84,6 +84,7 @@ class Link:
         self.commands = []  # COMMAND bodies received, for the app
         self.ack_events = []  # seqs of ACKs that deleted records (for the emulator trace)
         self.unix_offset = None  # set by TIME
+        self.time_set = False  # a TIME arrived since the app last looked (it sets the RTC)
         self.nack_errors = 0
         self.retransmits = 0
         self.dropped_commands = 0
@@ -122,6 +123,7 @@ class Link:
             self._nack(m[1], m[2], now)
         elif ftype == frame.TIME:
             self.unix_offset = cbor.loads(body)[1] - now
+            self.time_set = True
         elif ftype == frame.COMMAND:
             if len(self.commands) < _MAX_COMMANDS:
                 self.commands.append(body)
