@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
         "--heap",
         type=_heap,
         default="96k",
-        help="the device's heap (default 96k); the 64-bit unix port gets 1.5x (see docs)",
+        help="the device's heap (default 96k), given as is to micropython -X heapsize",
     )
     r.add_argument(
         "--sensors", type=_sensors, default="bme280,battery", help="attached emulated sensors"

@@ -34,19 +34,6 @@ _LAUNCH = (
 )
 
 
-# 64-bit unix port vs the 32-bit ESP32: objects and bytecode tables are up to twice as
-# big; --heap is the device's heap and the micropython process gets 1.5 times that
-_HEAP_SCALE = 1.5
-
-
-def unix_heap(device_heap: str) -> str:
-    """'96k' (device) -> '144k' (unix port)."""
-    text = device_heap.lower()
-    mult = {"k": 1024, "m": 1024 * 1024}.get(text[-1:], 1)
-    n = int(text.rstrip("km")) * mult
-    return f"{int(n * _HEAP_SCALE) // 1024}k"
-
-
 def _entry(flash: Path, cache: Path) -> tuple[Path, Path, str]:
     """(boot.py, main.py, MICROPYPATH): the firmware deployed in DIR if there is one,
     else the checkout's. Sources (a `deploy --source`, what deploy gives the emulator)
@@ -89,7 +76,7 @@ class Node:
         code = _LAUNCH.format(boot=str(boot), main=str(main))
         parent = os.getpid()
         proc = subprocess.Popen(
-            [micropython(), "-X", f"heapsize={unix_heap(self.heap)}", "-c", code],
+            [micropython(), "-X", f"heapsize={self.heap}", "-c", code],
             cwd=str(self.flash),
             env=env,
             pass_fds=(self.link.master, wfd),

@@ -93,8 +93,8 @@ class Peer:
 class NodeProc:
     """micropython running mp/<script> with the data UART on a pty; the peer on the other end."""
 
-    # 144k = what `citysense-emulator run --heap 96k` gives the 64-bit unix port (1.5x)
-    def __init__(self, flash: Path, script: str = "fastnode.py", heap: str = "144k") -> None:
+    # the device's heap, as `citysense-emulator run` gives it (docs/firmware.md, Memory)
+    def __init__(self, flash: Path, script: str = "fastnode.py", heap: str = "96k") -> None:
         master, slave = os.openpty()
         tty.setraw(master)
         tty.setraw(slave)

@@ -22,7 +22,7 @@ def test_crash_loop_ends_in_safe_mode(tmp_path: Path) -> None:
     codes = []
     for _ in range(6):
         res = subprocess.run(
-            [micropython_path(), "-X", "heapsize=144k", str(REPO / "firmware" / "main.py")],
+            [micropython_path(), "-X", "heapsize=96k", str(REPO / "firmware" / "main.py")],
             cwd=str(tmp_path),
             env=env,
             capture_output=True,
