@@ -109,6 +109,9 @@ def test_time_switches_the_time_base(node: NodeProc) -> None:
     pack = decode_record_payload(verify1(PUB, body)[1]).pack
     bt = pack[0][-3]
     assert unix_ms // 1000 <= bt < unix_ms // 1000 + 30
+    # and the node set its RTC (hal.set_time; the emulated HAL reports it) once
+    rtc = [e["unix_s"] for e in node.events() if e["ev"] == "rtc"]
+    assert len(rtc) == 1 and unix_ms // 1000 <= rtc[0] < unix_ms // 1000 + 30
     assert pack[0][-2] == "esp32-test/"
     names = [r.get(0) for r in pack]
     assert names[:4] == ["temp", "pressure", "humidity", "battery"]

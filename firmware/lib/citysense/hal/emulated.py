@@ -101,7 +101,8 @@ def wdt(timeout_ms):
 
 
 def set_time(unix_ms):
-    pass  # the unix port's clock is the host's; the app keeps its own Unix time offset
+    """The unix port's clock is the host's: the RTC setting is reported, not applied."""
+    print('{"ev": "rtc", "unix_s": %d}' % (unix_ms // 1000))
 
 
 def lightsleep(ms):
