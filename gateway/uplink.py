@@ -56,12 +56,15 @@ class Uplink:
         self.heartbeat = time.monotonic()
         self.last_error: str | None = None
         self.results: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=1000)
+        self._result: tuple[str, bytes] | None = None  # taken from results, not yet PUBACKed
         self._done: list[QueuedRecord] = []
         self.connected_since: float | None = None
         self._proven = False  # a connection has succeeded with self.protocol
 
     def publish_result(self, device: str, body: bytes) -> None:
-        """COMMAND_RESULT bytes to send up (best effort, bounded)."""
+        """COMMAND_RESULT bytes to send up: held in memory (up to 1000) while the broker is
+        unreachable, published at least once when it is back; not kept across a
+        gateway restart (results are best effort end to end: the node sends each once)."""
         try:
             self.results.put_nowait((device, body))
         except asyncio.QueueFull:
@@ -256,9 +259,14 @@ class Uplink:
         await self.pipeline.run_db(self.queue.delete, [r.id for r in done])
 
     async def _results(self, client: aiomqtt.Client) -> None:
+        """Publish COMMAND_RESULTs; one whose publish did not complete (the connection
+        dropped before the PUBACK) is kept and goes first on the next connection."""
         while True:
-            device, body = await self.results.get()
+            if self._result is None:
+                self._result = await self.results.get()
+            device, body = self._result
             await client.publish(f"citysense/v1/{self.gw}/{device}/command-results", body, qos=1)
+            self._result = None
 
     async def _commands(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:

@@ -27,12 +27,14 @@ from support import free_port
 
 from gateway.protocol import (
     MAX_FRAME,
+    CommandResult,
     FrameType,
     ProtocolError,
     decode_ack,
     decode_frame,
     encode_frame,
     sign1,
+    sign_command_result,
 )
 
 OUTAGE_S = 6
@@ -91,6 +93,46 @@ def test_broker_outage_loses_nothing_keeps_order(tmp_path: Path) -> None:
             assert {s for _, s in got} == set(range(1, total + 1))
             assert first_occurrence_order(got) == list(range(1, total + 1))
             assert sim.nacks == []
+        finally:
+            sub.close()
+            stop(gw)
+            pty.close()
+            proxy.close()
+
+
+def test_command_results_during_an_outage_go_up_after_it(tmp_path: Path) -> None:
+    """COMMAND_RESULTs a node sends while the broker is unreachable are held and
+    published, in order and byte for byte, once the uplink is back."""
+    node = make_node("esp32-0000000000b2")
+    with mosquitto(tmp_path / "broker") as broker:
+        proxy = CuttableProxy(broker.port)
+        cfg = write_config(tmp_path / "gw.toml", url=f'"mqtt://127.0.0.1:{proxy.port}"')
+        write_entry(tmp_path / "registry", node)
+        pty = Pty(tmp_path / "tty0")
+        sub = Subscriber(broker.port, "citysense/+/+/+/command-results")
+        log = tmp_path / "gw.log"
+        gw = start_gateway(cfg, log)
+        try:
+            wait_log(log, "event=port-open")
+            wait_log(log, "event=uplink-connected")
+            proxy.cut()
+            wait_log(log, "event=uplink-lost")
+            kid = node.device_id.encode()
+            results = [
+                sign_command_result(node.seed, kid, CommandResult(cid, True, f"done {cid}"))
+                for cid in (1, 2, 3)
+            ]
+            for body in results:
+                pty.write(encode_frame(FrameType.COMMAND_RESULT, body))
+            deadline = time.monotonic() + 30
+            while log.read_text().count("event=command-result ") < 3:
+                assert time.monotonic() < deadline, "the gateway did not take the results"
+                time.sleep(0.05)
+            assert sub.snapshot() == []  # nothing went up during the outage
+            proxy.restore()
+            got = sub.wait_count("/command-results", 3, timeout=60)
+            topic = f"citysense/v1/gw-test/{node.device_id}/command-results"
+            assert [(t, p) for t, p, _ in got] == [(topic, body) for body in results]
         finally:
             sub.close()
             stop(gw)
