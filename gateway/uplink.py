@@ -11,11 +11,11 @@ import ssl
 import time
 
 import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from .config import UplinkConfig
 from .metrics import Metrics
+from .mqttprops import RecordProperties
 from .pipeline import Pipeline
 from .protocol import FrameType, ProtocolError, decode_command, encode_frame
 from .queue import QueuedRecord
@@ -194,15 +194,12 @@ class Uplink:
     def _properties(self, rec: QueuedRecord) -> Properties | None:
         if self.protocol != aiomqtt.ProtocolVersion.V5:
             return None
-        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        props.ContentType = CONTENT_TYPE
         user = [("gw-received-ms", str(rec.received_ms))]
         if rec.meta:
             resolved = json.loads(rec.meta).get("resolved")
             if resolved:
                 user.append(("resolved-time", ",".join(f"{t:.3f}" for t in resolved)))
-        props.UserProperty = user
-        return props
+        return RecordProperties(CONTENT_TYPE, user)
 
     async def _publisher(self, client: aiomqtt.Client) -> None:
         window = asyncio.Semaphore(self.cfg.window)
