@@ -12,7 +12,7 @@ import sys
 import time
 
 import asyncio
-from citysense import cbor, cose, hal, safe, senml, state
+from citysense import cbor, cose, frame, hal, safe, senml, state
 from citysense.buffer import Buffer
 from citysense.commands import Commands
 from citysense.link import Link
@@ -31,6 +31,10 @@ _WDT_MS = const(10000)
 _STALE_MS = const(8000)  # a task silent this long is unhealthy: stop feeding the WDT
 _HELLO_PROBLEM_MS = const(5000)
 _READ_CHUNK = const(256)
+# A record must fit one RECORD frame (frame.MAX_BODY). Besides the sensors' readings it
+# holds the five sys/ readings (<= 105 bytes), the payload map around the pack (<= 27)
+# and the COSE_Sign1 around the payload (79 + the kid): 224 + kid bytes reserved.
+_RECORD_RESERVE = const(224)
 
 
 _FATAL = ("config-missing", "config-corrupt", "config-invalid", "key-missing", "key-corrupt")
@@ -93,6 +97,9 @@ class Node:
             self.commands = Commands(self.cfg.operator, self.cfg.seed, self.kid, self.apply)
         self.sensors = []
         self.pack = senml.Pack(base_name=self.cfg.device_id + "/")
+        # the readings' bytes one record can take (a batch is sealed early at this size)
+        self.pack_budget = frame.MAX_BODY - _RECORD_RESERVE - len(self.kid)
+        self.oversize = 0  # records too big for a frame (none if the budget holds)
         self.samples = 0
         self.time_base = senml.TIME_BOOT
         self.sync_now = False
@@ -161,10 +168,14 @@ class Node:
             self.pack.clear(base_time=secs)
             self.t0 = secs
         t = secs - self.t0
+        start = self.pack.nbytes
         for s in self.sensors:
             s.read_into(self.pack, t)
         self.samples += 1
-        if self.samples >= self.cfg.batch or self.sync_now:
+        # `batch` samples per record at most: sealed earlier when one more sample of
+        # this size would not fit the frame (batch 64 would make a ~5 KB record)
+        full = 2 * self.pack.nbytes - start > self.pack_budget
+        if self.samples >= self.cfg.batch or self.sync_now or full:
             self.sync_now = False
             self.seal()
 
@@ -181,6 +192,16 @@ class Node:
         seq = self.seqs.take()
         payload = senml.record_payload(seq, self.boot, p, self.time_base)
         record = cose.sign1(self.cfg.seed, self.kid, payload)
+        if len(record) > frame.MAX_BODY:
+            # cannot happen within pack_budget; if it did, the record could never be
+            # sent: drop it, counted, rather than wedge the link behind it
+            self.oversize += 1
+            self.dropped += 1
+            state.store("dropped", self.dropped + self.buffer.dropped)
+            hal.event("dropped", -1, 1)
+            self.samples = 0
+            p.clear()
+            return
         before = self.buffer.dropped
         self.buffer.append(seq, record)
         if self.buffer.dropped != before:

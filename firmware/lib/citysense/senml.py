@@ -61,6 +61,11 @@ class Pack:
     def __len__(self):
         return self._count
 
+    @property
+    def nbytes(self):
+        """Bytes of the readings so far (the encoded pack minus its array header)."""
+        return len(self._buf)
+
     def clear(self, base_time=None):
         """Empty the pack (keeping its buffer); optionally set a new base time."""
         self._buf[:] = b""
