@@ -7,10 +7,13 @@ import random
 import signal
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from gwsupport import (
     CuttableProxy,
+    Node,
     NodeSim,
     Pty,
     Subscriber,
@@ -56,88 +59,86 @@ def first_occurrence_order(pairs: list[tuple[str, int]]) -> list[int]:
     return out
 
 
-def test_broker_outage_loses_nothing_keeps_order(tmp_path: Path) -> None:
-    node = make_node("esp32-0000000000b1")
+@contextmanager
+def gateway_behind_proxy(
+    tmp_path: Path, node: Node, topic: str
+) -> Iterator[tuple[CuttableProxy, Pty, Subscriber, Path]]:
+    """A broker, the gateway reaching it through a cuttable proxy (port open and uplink
+    connected), a pty for `node` and a consumer of `topic` connected to the broker
+    directly; yields (proxy, pty, consumer, gateway log) and stops all of it."""
     with mosquitto(tmp_path / "broker") as broker:
         proxy = CuttableProxy(broker.port)
         cfg = write_config(tmp_path / "gw.toml", url=f'"mqtt://127.0.0.1:{proxy.port}"')
         write_entry(tmp_path / "registry", node)
         pty = Pty(tmp_path / "tty0")
-        sub = Subscriber(broker.port, "citysense/+/+/+/records")
+        sub = Subscriber(broker.port, topic)
         log = tmp_path / "gw.log"
         gw = start_gateway(cfg, log)
-        sim = NodeSim(node, pty)
         try:
             wait_log(log, "event=port-open")
             wait_log(log, "event=uplink-connected")
-            for _ in range(50):
-                sim.new_record()
-            sim.settle()
-            sub.wait_count("/records", 50)
-            proxy.cut()
-            wait_log(log, "event=uplink-lost")
-            wait_log(log, "Connection refused")  # the outage is real
-            t_end = time.monotonic() + OUTAGE_S
-            while time.monotonic() < t_end:  # the node keeps reporting; the queue holds it
-                sim.new_record()
-                time.sleep(0.05)
-                sim.process()
-            sim.settle()
-            assert sim.next_seq - 1 > 80
-            proxy.restore()
-            total = sim.next_seq - 1
-            deadline = time.monotonic() + 60
-            while len(set(sub.records())) < total and time.monotonic() < deadline:
-                time.sleep(0.1)
-            got = sub.records()
-            assert {s for _, s in got} == set(range(1, total + 1))
-            assert first_occurrence_order(got) == list(range(1, total + 1))
-            assert sim.nacks == []
+            yield proxy, pty, sub, log
         finally:
             sub.close()
             stop(gw)
             pty.close()
             proxy.close()
+
+
+def test_broker_outage_loses_nothing_keeps_order(tmp_path: Path) -> None:
+    node = make_node("esp32-0000000000b1")
+    topic = "citysense/+/+/+/records"
+    with gateway_behind_proxy(tmp_path, node, topic) as (proxy, pty, sub, log):
+        sim = NodeSim(node, pty)
+        for _ in range(50):
+            sim.new_record()
+        sim.settle()
+        sub.wait_count("/records", 50)
+        proxy.cut()
+        wait_log(log, "event=uplink-lost")
+        wait_log(log, "Connection refused")  # the outage is real
+        t_end = time.monotonic() + OUTAGE_S
+        while time.monotonic() < t_end:  # the node keeps reporting; the queue holds it
+            sim.new_record()
+            time.sleep(0.05)
+            sim.process()
+        sim.settle()
+        assert sim.next_seq - 1 > 80
+        proxy.restore()
+        total = sim.next_seq - 1
+        deadline = time.monotonic() + 60
+        while len(set(sub.records())) < total and time.monotonic() < deadline:
+            time.sleep(0.1)
+        got = sub.records()
+        assert {s for _, s in got} == set(range(1, total + 1))
+        assert first_occurrence_order(got) == list(range(1, total + 1))
+        assert sim.nacks == []
 
 
 def test_command_results_during_an_outage_go_up_after_it(tmp_path: Path) -> None:
     """COMMAND_RESULTs a node sends while the broker is unreachable are held and
     published, in order and byte for byte, once the uplink is back."""
     node = make_node("esp32-0000000000b2")
-    with mosquitto(tmp_path / "broker") as broker:
-        proxy = CuttableProxy(broker.port)
-        cfg = write_config(tmp_path / "gw.toml", url=f'"mqtt://127.0.0.1:{proxy.port}"')
-        write_entry(tmp_path / "registry", node)
-        pty = Pty(tmp_path / "tty0")
-        sub = Subscriber(broker.port, "citysense/+/+/+/command-results")
-        log = tmp_path / "gw.log"
-        gw = start_gateway(cfg, log)
-        try:
-            wait_log(log, "event=port-open")
-            wait_log(log, "event=uplink-connected")
-            proxy.cut()
-            wait_log(log, "event=uplink-lost")
-            kid = node.device_id.encode()
-            results = [
-                sign_command_result(node.seed, kid, CommandResult(cid, True, f"done {cid}"))
-                for cid in (1, 2, 3)
-            ]
-            for body in results:
-                pty.write(encode_frame(FrameType.COMMAND_RESULT, body))
-            deadline = time.monotonic() + 30
-            while log.read_text().count("event=command-result ") < 3:
-                assert time.monotonic() < deadline, "the gateway did not take the results"
-                time.sleep(0.05)
-            assert sub.snapshot() == []  # nothing went up during the outage
-            proxy.restore()
-            got = sub.wait_count("/command-results", 3, timeout=60)
-            topic = f"citysense/v1/gw-test/{node.device_id}/command-results"
-            assert [(t, p) for t, p, _ in got] == [(topic, body) for body in results]
-        finally:
-            sub.close()
-            stop(gw)
-            pty.close()
-            proxy.close()
+    topic = "citysense/+/+/+/command-results"
+    with gateway_behind_proxy(tmp_path, node, topic) as (proxy, pty, sub, log):
+        proxy.cut()
+        wait_log(log, "event=uplink-lost")
+        kid = node.device_id.encode()
+        results = [
+            sign_command_result(node.seed, kid, CommandResult(cid, True, f"done {cid}"))
+            for cid in (1, 2, 3)
+        ]
+        for body in results:
+            pty.write(encode_frame(FrameType.COMMAND_RESULT, body))
+        deadline = time.monotonic() + 30
+        while log.read_text().count("event=command-result ") < 3:
+            assert time.monotonic() < deadline, "the gateway did not take the results"
+            time.sleep(0.05)
+        assert sub.snapshot() == []  # nothing went up during the outage
+        proxy.restore()
+        got = sub.wait_count("/command-results", 3, timeout=60)
+        expect = f"citysense/v1/gw-test/{node.device_id}/command-results"
+        assert [(t, p) for t, p, _ in got] == [(expect, body) for body in results]
 
 
 def test_kill9_at_random_moments(tmp_path: Path) -> None:

@@ -62,16 +62,22 @@ class Config:
 def load_config(default_id):
     """Config from the device filesystem; the loader module is dropped afterwards (it is
     needed once per boot and would otherwise hold heap for the node's life)."""
-    import citysense
     from citysense import config
 
     cfg = config.load(Config(default_id))
-    sys.modules.pop("citysense.config", None)
+    forget("config")
+    return cfg
+
+
+def forget(name):
+    """Drop module citysense.<name> (needed once per boot) so it stops holding heap."""
+    import citysense
+
+    sys.modules.pop("citysense." + name, None)
     try:
-        delattr(citysense, "config")
+        delattr(citysense, name)
     except AttributeError:
         pass
-    return cfg
 
 
 class Node:
@@ -192,22 +198,21 @@ class Node:
         seq = self.seqs.take()
         payload = senml.record_payload(seq, self.boot, p, self.time_base)
         record = cose.sign1(self.cfg.seed, self.kid, payload)
-        if len(record) > frame.MAX_BODY:
+        before = self.buffer.dropped
+        fits = len(record) <= frame.MAX_BODY
+        if fits:
+            self.buffer.append(seq, record)
+        else:
             # cannot happen within pack_budget; if it did, the record could never be
             # sent: drop it, counted, rather than wedge the link behind it
             self.oversize += 1
             self.dropped += 1
+        lost = self.buffer.dropped - before + (0 if fits else 1)
+        if lost:
             state.store("dropped", self.dropped + self.buffer.dropped)
-            hal.event("dropped", -1, 1)
-            self.samples = 0
-            p.clear()
-            return
-        before = self.buffer.dropped
-        self.buffer.append(seq, record)
-        if self.buffer.dropped != before:
-            state.store("dropped", self.dropped + self.buffer.dropped)
-            hal.event("dropped", -1, self.buffer.dropped - before)
-        hal.event("record", seq, len(p))
+            hal.event("dropped", -1, lost)
+        if fits:
+            hal.event("record", seq, len(p))
         self.samples = 0
         p.clear()
 

@@ -92,7 +92,7 @@ class Encoder:
         n = len(body) + 5
         k = n // 254 + 1  # cobs.max_encoded(n) - n
         raw = memoryview(out)[k : k + n]
-        n = _fill(raw, ftype, body)
+        _fill(raw, ftype, body)
         end = cobs.encode_into(raw, out)
         out[end] = 0
         return memoryview(out)[: end + 1]

@@ -37,13 +37,7 @@ ORDER = (
 
 
 def run():
-    import citysense
-
     for name in ORDER:
         __import__(name)
         gc.collect()
-    sys.modules.pop("citysense.preload", None)
-    try:
-        delattr(citysense, "preload")
-    except AttributeError:
-        pass
+    sys.modules["citysense.app"].forget("preload")

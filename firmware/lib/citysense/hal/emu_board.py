@@ -6,8 +6,8 @@ The peripherals are this module's functions, and `emulated.i2c()/adc()/wdt()` ha
 the module itself as the device object: it has the machine.I2C methods the driver uses
 (`scan`, `readfrom_mem`, `readfrom_mem_into`, `writeto_mem`), the machine.ADC one
 (`read_uv`) and the machine.WDT one (`feed`). On the device these are C objects that
-cost the Python heap nothing; here a class per device would cost ~1 KB of the node's
-heap each on the unix port, so the emulation stays out of the way of the heap budget.
+cost the Python heap nothing; here a class per device costs ~0.3 KiB of the node's heap
+or more on the unix port, so the emulation stays out of the way of the heap budget.
 
 The BME280 answers register reads like the chip. Calibration = the datasheet's example
 trimming values (T, P) and typical humidity ones; raw ADC values wander
@@ -23,18 +23,22 @@ _CALIB_00 = (
 _CALIB_26 = b"\x6a\x01\x00\x14\x05\x00\x1e"  # 0xE1..0xE7: H2..H6
 
 _regs = None  # the BME280's register file; None: no BME280 on the bus
-_s = [0, 519888, 415148, 27000, 0, None]  # rng, raw T, raw P, raw H, adc rng, wdt file
+_rng = 0  # the BME280's value wander
+_raw_t, _raw_p, _raw_h = 519888, 415148, 27000  # its raw ADC values
 _battery = False
+_adc_rng = 0
+_wdt_fd = None  # the pipe to the emulator (CITYSENSE_WDT_FD)
+_wdt = None  # that pipe opened, once the firmware arms the WDT
 
 
 def attach(seed, sensors, wdt_fd):
     """Power on the board: which emulated sensors answer, the seed of their values."""
-    global _regs, _battery
+    global _regs, _rng, _battery, _adc_rng, _wdt_fd
     _battery = "battery" in sensors
-    _s[0] = (seed * 2654435761 + 1) & 0x7FFFFFFF
-    _s[4] = seed
+    _rng = (seed * 2654435761 + 1) & 0x7FFFFFFF
+    _adc_rng = seed
     if wdt_fd:
-        _s[5] = int(wdt_fd)
+        _wdt_fd = int(wdt_fd)
     if "bme280" in sensors:
         _regs = bytearray(256)
         _regs[0xD0] = 0x60
@@ -62,14 +66,16 @@ def readfrom_mem_into(addr, reg, buf):
 
 
 def _next(span):
-    _s[0] = (_s[0] * 1103515245 + 12345) & 0x7FFFFFFF
-    return (_s[0] >> 8) % (2 * span + 1) - span
+    global _rng
+    _rng = (_rng * 1103515245 + 12345) & 0x7FFFFFFF
+    return (_rng >> 8) % (2 * span + 1) - span
 
 
 def _measure(r):
-    t = _s[1] = min(max(_s[1] + _next(400), 500000), 540000)
-    p = _s[2] = min(max(_s[2] + _next(300), 400000), 430000)
-    h = _s[3] = min(max(_s[3] + _next(200), 20000), 34000)
+    global _raw_t, _raw_p, _raw_h
+    t = _raw_t = min(max(_raw_t + _next(400), 500000), 540000)
+    p = _raw_p = min(max(_raw_p + _next(300), 400000), 430000)
+    h = _raw_h = min(max(_raw_h + _next(200), 20000), 34000)
     r[0xF7], r[0xF8], r[0xF9] = p >> 12, (p >> 4) & 0xFF, (p & 0xF) << 4
     r[0xFA], r[0xFB], r[0xFC] = t >> 12, (t >> 4) & 0xFF, (t & 0xF) << 4
     r[0xFD], r[0xFE] = h >> 8, h & 0xFF
@@ -88,21 +94,19 @@ def writeto_mem(addr, reg, data):
 
 # ---- ADC (machine.ADC.read_uv) ----
 def read_uv():
+    global _adc_rng
     if not _battery:
         return 0
     # a LiPo through a 1:2 divider: 3.70..4.10 V -> 1.85..2.05 V at the pin
-    _s[4] = (_s[4] * 1103515245 + 12345) & 0x7FFFFFFF
-    return 1950000 + (_s[4] % 100000) - 50000
+    _adc_rng = (_adc_rng * 1103515245 + 12345) & 0x7FFFFFFF
+    return 1950000 + (_adc_rng % 100000) - 50000
 
 
 # ---- WDT (machine.WDT.feed), armed by emulated.wdt() ----
-_wdt = None  # the pipe to the emulator, opened when the firmware arms the WDT
-
-
 def arm(timeout_ms):
     global _wdt
-    if _wdt is None and _s[5] is not None:
-        _wdt = open(_s[5], "wb")
+    if _wdt is None and _wdt_fd is not None:
+        _wdt = open(_wdt_fd, "wb")
     if _wdt is not None:
         _wdt.write(b"i%d\n" % timeout_ms)
 
