@@ -17,6 +17,9 @@ from emulator.ptys import EmulatorError
 # tables from the bytecode (tracebacks keep file and function names, every line reads
 # "line 1") and saves ~1.3 KiB of the node's heap; the firmware has no asserts to lose
 OPT = "-O3"
+# the firmware's crypto is viper code (machine code): compiled for the machine the unix
+# port runs on, as a deploy compiles it for the ESP32 (-march=xtensawin)
+ARCH = "-march=host"
 
 
 def mpy_cross() -> str:
@@ -43,7 +46,7 @@ def compile_lib(src: Path, out: Path) -> Path:
         dst = out / rel.with_suffix(".mpy")
         dst.parent.mkdir(parents=True, exist_ok=True)
         res = subprocess.run(
-            [tool, OPT, "-o", str(dst), "-s", str(rel), str(py)],
+            [tool, OPT, ARCH, "-o", str(dst), "-s", str(rel), str(py)],
             capture_output=True,
             text=True,
             check=False,

@@ -1,6 +1,18 @@
-"""Node entry: safe-mode check, global exception handler, asyncio.run(main())."""
+"""Node entry: a fetched firmware bundle staged, safe-mode check, global exception
+handler, asyncio.run(main()). Kept short: it is compiled from source at every boot and
+its code and names stay in the heap (docs/firmware.md, "Firmware updates")."""
 
 import sys
+
+try:
+    open("ota/ready").close()
+except OSError:
+    pass
+else:  # a bundle was fetched: checked and staged in a fresh heap, then a reset
+    from citysense import hal, ota
+
+    ota.apply()
+    hal.reset()
 
 from citysense import frame
 
@@ -28,4 +40,7 @@ else:
         raise
     except BaseException as exc:  # the global handler: log, then a clean reset
         sys.print_exception(exc, sys.stderr)  # type: ignore[arg-type]  # stubs type stderr as TextIO
+        if "citysense.app" not in sys.modules:  # the app could not load: a trial rolls back
+            with open("ota/why", "w") as f:
+                f.write("import-error")
         hal.crash()

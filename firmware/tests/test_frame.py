@@ -122,7 +122,7 @@ def test_garbage_between_frames():
         (b"\x02\x03", "framing"),  # decodes to 1 byte: too short
         (b"\x01\x01\x01\x01", "framing"),  # 3 zero bytes: too short
         (ACK_5[:4] + b"\x99" + ACK_5[5:-1], "crc"),
-        (frame.encode(0x09, b"\xa0")[:-1], "unknown-type"),
+        (frame.encode(0x0B, b"\xa0")[:-1], "unknown-type"),
         (frame.encode(0x00, b"")[:-1], "unknown-type"),
     ]
     stream = bytearray()

@@ -46,7 +46,7 @@ def mpy_lib(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         src = FIRMWARE_LIB / "citysense" / f"{name}.py"
         out = root / "citysense" / f"{name}.mpy"
         subprocess.run(
-            [mpy_cross_path(), "-o", str(out), str(src)],
+            [mpy_cross_path(), "-march=host", "-o", str(out), str(src)],
             check=True,
             capture_output=True,
             timeout=60,

@@ -30,7 +30,10 @@ def examples() -> dict[str, bytes]:
     hello_problem = gp.Hello(DEVICE_ID, "0.1.0", 1, "power-on", 80, 0, "config-missing")
     payload = record_payload()
     record = gp.sign1(DEVICE_SEED, DEVICE_ID.encode(), payload)
-    command = gp.sign_command(OPERATOR_SEED, gp.Command(7, "set-interval", {"interval_s": 60}))
+    command = gp.sign_command(
+        OPERATOR_SEED,
+        gp.Command(7, "set_interval", {"interval_s": 60}, DEVICE_ID, "gw-01", 1764047600000),
+    )
     result = gp.sign_command_result(
         DEVICE_SEED, DEVICE_ID.encode(), gp.CommandResult(7, True, "interval 60 s")
     )

@@ -196,9 +196,9 @@ def test_wrong_alg_rejected_by_all(mpy_lib: Path) -> None:
 
 def test_gateway_commands_verify_in_firmware(mpy_lib: Path) -> None:
     commands = [
-        gp.Command(1, "reboot", {}),
-        gp.Command(7, "set-interval", {"interval_s": 60}),
-        gp.Command(2**32, "x", {1: [1, 2], "k": b"\x00"}),
+        gp.Command(1, "reboot", {}, "a", "*", 1),
+        gp.Command(7, "set-interval", {"interval_s": 60}, KID_A, "gw-01", 1764047600000),
+        gp.Command(2**32, "x", {1: [1, 2], "k": b"\x00"}, "b" * 64, "g", 2**64 - 1),
     ]
     signed = [gp.sign_command(OPERATOR_SEED, cmd) for cmd in commands]
     lines = [f"{OPERATOR_PUB.hex()} operator {data.hex()}" for data in signed]
@@ -213,7 +213,16 @@ def test_gateway_commands_verify_in_firmware(mpy_lib: Path) -> None:
     out = mp(mpy_lib, "verify", lines)
     want = []
     for cmd in commands:
-        payload = cbor2.dumps({1: cmd.command_id, 2: cmd.action, 3: cmd.args})
+        payload = cbor2.dumps(
+            {
+                1: cmd.command_id,
+                2: cmd.action,
+                3: cmd.args,
+                4: cmd.device_id,
+                5: cmd.gateway_id,
+                6: cmd.expires_ms,
+            }
+        )
         want.append(f"ok {b'operator'.hex()} {payload.hex()}")
     want += ["err bad-signature", "err bad-signature", "err bad-signature", "err kid"]
     assert out == want
@@ -255,7 +264,7 @@ def test_gateway_frames_decode_in_firmware(mpy_lib: Path) -> None:
     bad_crc[3] ^= 0x40
     stream = b"\x00\x00" + b"".join(gp.encode_frame(t, body) for t, body in FRAME_CASES)
     stream += b"\x05\x01\x02\x00" + ack + bytes(bad_crc) + b"\x00" * 9 + ack
-    stream += b"\x01" * 1500 + b"\x00" + gp.encode_frame(9, b"\xa0") + ack
+    stream += b"\x01" * 1500 + b"\x00" + gp.encode_frame(0x0B, b"\xa0") + ack
     # the gateway's own decoder sets the expectation, reasons included
     dec = gp.FrameDecoder()
     dec.feed(stream)

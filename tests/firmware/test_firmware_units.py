@@ -1,6 +1,7 @@
 """Run the firmware unit tests (firmware/tests/test_*.py) inside the real MicroPython
-unix port under a 64 KB heap, and once more under CPython (the modules must import and
-behave the same there, for the cross-tests)."""
+unix port under a 64 KB heap (the codec compiled to .mpy, its viper code for this
+machine), and once more under CPython (the modules must import and behave the same
+there, for the cross-tests; citysense.pyviper stands in for viper)."""
 
 from __future__ import annotations
 
@@ -39,9 +40,14 @@ def test_every_module_is_collected() -> None:
 
 
 @pytest.mark.parametrize("module", MODULES)
-def test_under_micropython(module: str) -> None:
+def test_under_micropython(module: str, mpy_lib: Path) -> None:
+    # the modules as a device runs them: .mpy (compiling the viper sources at import
+    # would need more heap than running them)
     proc = run_micropython(
-        [str(FW_TESTS / "runner.py"), module], heap="64k", extra_path=[FW_TESTS], timeout=300
+        [str(FW_TESTS / "runner.py"), module],
+        heap="64k",
+        extra_path=[FW_TESTS, mpy_lib],
+        timeout=300,
     )
     assert proc.returncode == 0, _explain(proc)
     assert proc.stdout.decode().splitlines() == expected_output(module), _explain(proc)

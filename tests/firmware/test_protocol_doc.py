@@ -43,7 +43,7 @@ def test_firmware_produces_the_doc_bytes() -> None:
     assert record == ex["record-cose"]
     assert frame.encode(frame.RECORD, record) == ex["record-frame"]
     assert frame.encode(frame.ACK, cbor.dumps({1: 42})) == ex["ack-frame"]
-    hello = {1: 1, 2: DEVICE_ID, 3: "0.1.0", 4: 3, 5: "power-on", 6: 1234, 7: 41}
+    hello = {1: 2, 2: DEVICE_ID, 3: "0.1.0", 4: 3, 5: "power-on", 6: 1234, 7: 41}
     assert cbor.dumps(hello) == ex["hello-body"]
     assert frame.encode(frame.HELLO, cbor.dumps(hello)) == ex["hello-frame"]
     hello.update({4: 1, 6: 80, 7: 0, 8: "config-missing"})
@@ -54,7 +54,17 @@ def test_firmware_produces_the_doc_bytes() -> None:
     assert cose.sign1(DEVICE_SEED, DEVICE_ID.encode(), result) == ex["command-result-cose"]
     operator_pub = ed25519.public_key(OPERATOR_SEED)
     kid, cmd = cose.verify1(operator_pub, ex["command-cose"], b"operator")
-    assert (kid, cbor.loads(cmd)) == (b"operator", {1: 7, 2: "set-interval", 3: {"interval_s": 60}})
+    assert (kid, cbor.loads(cmd)) == (
+        b"operator",
+        {
+            1: 7,
+            2: "set_interval",
+            3: {"interval_s": 60},
+            4: DEVICE_ID,
+            5: "gw-01",
+            6: 1764047600000,
+        },
+    )
 
 
 @pytest.mark.parametrize("name", ["ack-frame", "hello-frame", "record-frame"])

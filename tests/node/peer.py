@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from nodeproc import MP, mp_env
 from support import micropython_path
 
+from citysense_formats import node_config
 from gateway.protocol import FrameDecoder, FrameType, ProtocolError, encode_frame
 
 DEVICE_SEED = bytes(range(32))
@@ -36,17 +37,8 @@ def provision(
 ) -> None:
     cfg = flash / "config"
     cfg.mkdir(parents=True, exist_ok=True)
-    (cfg / "device.json").write_text(
-        json.dumps(
-            {
-                "device_id": device_id,
-                "interval_s": interval,
-                "batch": batch,
-                "link": {"uart": 1, "tx": 17, "rx": 16, "baud": 115200},
-                "sensors": ["bme280", "battery"],
-            }
-        )
-    )
+    config = dict(node_config.defaults(), device_id=device_id, interval_s=interval, batch=batch)
+    (cfg / "device.json").write_bytes(node_config.encode(config))
     (cfg / "device.key").write_bytes(DEVICE_SEED)
     (cfg / "operator.pub").write_bytes(public_key(OPERATOR_SEED))
 

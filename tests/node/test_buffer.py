@@ -19,4 +19,10 @@ def test_drop_oldest_ack_and_torn_tail(tmp_path: Path) -> None:
         "RECOVERED 4 9 12",
         "AFTER 5 True ['00000004.seg', '00000005.seg', '00000006.seg']",
         "REOPEN 5 [9, 10, 11, 12, 13]",
+        # all acked: data/ is empty (a drained node holds no record), the next append
+        # starts a new segment, and a reboot finds only that record
+        "DRAINED 5 0 []",
+        "ACKED14 1 0 []",
+        "NEXT 1 True ['00000000.seg']",
+        "REBOOT 1 15",
     ]

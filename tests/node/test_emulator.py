@@ -19,7 +19,14 @@ import pytest
 from peer import OPERATOR_SEED, Peer, provision
 from support import FIRMWARE_LIB
 
-from gateway.protocol import Command, FrameType, decode_hello, encode_ack, sign_command
+from gateway.protocol import (
+    Command,
+    FrameType,
+    decode_hello,
+    encode_ack,
+    encode_time,
+    sign_command,
+)
 
 BIN = Path(sys.executable).parent
 
@@ -117,11 +124,14 @@ def test_run_events_power_cut_and_soft_reboot(tmp_path: Path, emulators: list[Em
         hello = decode_hello(peer.expect(FrameType.HELLO))
         assert (hello.boot_count, hello.reset_cause) == (1, "power-on")
         peer.expect(FrameType.RECORD)
-        emu.wait_event({"ev": "record", "seq": 1, "n": 9})  # 4 readings + 5 sys/...
+        emu.wait_event({"ev": "record", "seq": 1, "n": 10})  # 4 readings + 5 sys/... + sys/fw
         peer.send(FrameType.ACK, encode_ack(1))
         emu.wait_event({"ev": "ack", "seq": 1})
         # reboot COMMAND: the same emulator boots the node again with reset cause "soft"
-        peer.send(FrameType.COMMAND, sign_command(OPERATOR_SEED, Command(1, "reboot", {})))
+        now = int(time.time() * 1000)
+        peer.send(FrameType.TIME, encode_time(now))  # a command needs the gateway's clock
+        reboot = Command(1, "reboot", {}, "esp32-test", "gw-test", now + 60_000)
+        peer.send(FrameType.COMMAND, sign_command(OPERATOR_SEED, reboot))
         peer.expect(FrameType.COMMAND_RESULT, skip=(FrameType.RECORD, FrameType.HELLO))
         while True:
             hello = decode_hello(peer.expect(FrameType.HELLO, skip=(FrameType.RECORD,)))

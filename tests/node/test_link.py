@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import cbor2
+import pytest
 from peer import DEVICE_SEED, NodeProc, public_key
 
 from gateway.protocol import (
@@ -119,10 +120,38 @@ def test_time_switches_the_time_base(node: NodeProc) -> None:
     assert cbor2.loads(cbor2.dumps(pack)) == pack
 
 
-def test_nack_error_keeps_the_record_and_counts_it(node: NodeProc) -> None:
+def test_forged_ack_deletes_nothing(node: NodeProc) -> None:
+    """An ACK above the highest seq the node has sent covers records never sent: ignored
+    (counted in sys/linkerr). Before, ACK(2^64-1) emptied the whole flash buffer."""
     node.peer.expect(FrameType.HELLO)
     assert record(node.peer.expect(FrameType.RECORD))[0] == 1
-    node.peer.send(FrameType.NACK, encode_nack(1, NackReason.BAD_SIGNATURE))
+    deadline = time.monotonic() + 20
+    while max((e["seq"] for e in node.events(0.2) if e["ev"] == "record"), default=0) < 3:
+        assert time.monotonic() < deadline, "the node made no 3 records"
+    node.peer.send(FrameType.ACK, encode_ack(2**64 - 1))  # a wire attacker's ACK
+    node.peer.send(FrameType.ACK, encode_ack(2))  # above seq 1, the only one sent
+    got: list[int] = []
+    body = b""
+    while len(got) < 5:  # every record is still there, in order, each sent until ACKed
+        body = node.peer.expect(FrameType.RECORD, skip=SKIP_HELLO)
+        seq = record(body)[0]
+        if not got or got[-1] != seq:
+            got.append(seq)
+        node.peer.send(FrameType.ACK, encode_ack(seq))
+    assert got == [1, 2, 3, 4, 5]
+    acks = [e["seq"] for e in node.events(0.2) if e["ev"] == "ack"]
+    assert acks[:4] == [1, 2, 3, 4] and 2**64 - 1 not in acks
+    pack = decode_record_payload(verify1(PUB, body)[1]).pack
+    assert next(r[2] for r in pack if r.get(0) == "sys/linkerr") >= 2
+
+
+@pytest.mark.parametrize("reason", [NackReason.BAD_SIGNATURE, NackReason.SEQ_AHEAD])
+def test_nack_error_keeps_the_record_and_counts_it(node: NodeProc, reason: NackReason) -> None:
+    """Every refusal but `replay` keeps the record: `seq-ahead` (the gateway finds the seq
+    implausibly high, gateway/admission.py) must never make the node delete it."""
+    node.peer.expect(FrameType.HELLO)
+    assert record(node.peer.expect(FrameType.RECORD))[0] == 1
+    node.peer.send(FrameType.NACK, encode_nack(1, reason))
     # kept, not deleted: after the back-off seq 1 comes again
     assert record(node.peer.expect(FrameType.RECORD, skip=SKIP_HELLO))[0] == 1
     assert {"ev": "ack", "seq": 1} not in node.events()

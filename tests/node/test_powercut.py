@@ -6,14 +6,14 @@ import os
 import random
 import select
 import signal
-import struct
 import subprocess
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from nodeproc import popen
+
+from citysense_formats import state_seq
 
 # Half of the lanes start from a seq floor as enrollment writes it, lifted above 2**62 so
 # that the 64-bit unix port handles the seqs as big ints, as the ESP32 does above 2**30.
@@ -23,9 +23,8 @@ BIG_FLOOR = 2**62 + 1764047000123
 def _start_at(flash: Path, floor: int) -> None:
     """/state/seq as `citysense-provision enroll` leaves it: u64 LE + crc32 LE."""
     if floor:
-        raw = struct.pack("<Q", floor)
         (flash / "state").mkdir()
-        (flash / "state" / "seq").write_bytes(raw + struct.pack("<I", zlib.crc32(raw)))
+        (flash / "state" / "seq").write_bytes(state_seq.encode(floor))
 
 
 def _cut_after(proc: subprocess.Popen[bytes], n_lines: int, rng: random.Random) -> list[str]:
@@ -69,7 +68,7 @@ def _buffer_lane(flash: Path, trials: int, seed: int, floor: int = 0) -> int:
         if not lines:
             continue  # cut during recovery: the next boot checks the same state
         report = lines[0].split()
-        assert report[0] == "R", lines[:3]
+        assert report[0] == "R", lines[:12]
         assert report[1] == "0", f"trial {trial}: corrupt entries recovered"
         recovered = [int(s) for s in report[2:]]
         assert recovered == sorted(set(recovered))

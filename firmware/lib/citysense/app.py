@@ -1,5 +1,14 @@
 """The node application: sample -> batch -> sign -> buffer -> send, plus commands.
 
+Firmware updates (docs/firmware.md): the `update` COMMAND or an OTA_OFFER starts one;
+the transfer (citysense/fetch.py) is imported only while a bundle is being fetched,
+and the checks and the staging (citysense/ota.py) run at the next boot before the app,
+so the steady state does not carry their code (nor their qstrs: MicroPython never
+frees those, and one more qstr pool costs ~7 KiB). The app reports its version in HELLO (key
+3; key 9 "trial" while on trial) and as `sys/fw` in the first record of each boot, and
+every outcome as `sys/ota` (kept in ota/notes until a record holding it is buffered).
+A trial app confirms itself when the gateway ACKs the first record it made.
+
 Tasks (asyncio): `_sampler` (readings every interval, one signed record per `batch`
 samples), `_link` (UART <-> the sans-I/O Link core), `_watchdog` (feeds the hardware
 WDT only while both other tasks have checked in recently). Without a usable
@@ -27,6 +36,7 @@ except ImportError:
 
 
 VERSION = "0.1.0"
+PROTOCOL = const(2)  # HELLO key 1: COMMANDs bound to device, gateway and expiry
 _WDT_MS = const(10000)
 _STALE_MS = const(8000)  # a task silent this long is unhealthy: stop feeding the WDT
 _HELLO_PROBLEM_MS = const(5000)
@@ -35,6 +45,8 @@ _READ_CHUNK = const(256)
 # holds the five sys/ readings (<= 105 bytes), the payload map around the pack (<= 27)
 # and the COSE_Sign1 around the payload (79 + the kid): 224 + kid bytes reserved.
 _RECORD_RESERVE = const(224)
+_NOTE_RESERVE = const(96)  # per sys/fw or sys/ota reading (<= 80 chars + labels)
+_TRIAL_S = const(300)  # a trial app not confirmed within this much uptime is given up
 
 
 _FATAL = ("config-missing", "config-corrupt", "config-invalid", "key-missing", "key-corrupt")
@@ -95,12 +107,29 @@ class Node:
         self.dropped = state.load("dropped", 0)
         self.seqs = SeqStore(64, floor=self.buffer.newest_seq())
         self.kid = self.cfg.device_id.encode()
+        # which app this is (boot.py chose it), and the sys/ readings it owes
+        p = _text("ota/boot").split()
+        self.trial = len(p) == 4 and p[2] != "-" and p[3] == "1"
+        m = _text("apps/%s/.ota" % (p[2] if self.trial else p[0] if p else "-")).split()
+        self.version = m[0] if m else VERSION
+        self.notes = [("sys/fw", self.version)]
+        for n in _text("ota/notes").split("\n"):
+            if n and n[-7:] == ": reset":  # boot.py rolled back: what reset the trial
+                n += " " + self.reset_cause
+            if n and ("sys/ota", n) not in self.notes:
+                self.notes.append(("sys/ota", n))
+        if self.trial:
+            self.notes.append(("sys/ota", "trial " + self.version))
+            # the time bound of a trial (`ota/trial_s` overrides it, e.g. in tests)
+            self.trial_end = int(_text("ota/trial_s") or _TRIAL_S) * 1000
         self.link = Link(
             self.buffer, self.hello_body, rand=self._rand, encoder=encoder, decoder=decoder
         )
         self.commands = None
         if not self.cfg.fatal:
-            self.commands = Commands(self.cfg.operator, self.cfg.seed, self.kid, self.apply)
+            self.commands = Commands(
+                self.cfg.operator, self.cfg.seed, self.kid, self.apply, self.unix_ms
+            )
         self.sensors = []
         self.pack = senml.Pack(base_name=self.cfg.device_id + "/")
         # the readings' bytes one record can take (a batch is sealed early at this size)
@@ -112,6 +141,58 @@ class Node:
         self.reboot_at = -1
         self.beat_sampler = 0
         self.beat_link = 0
+        self.first_seq = -1  # the first seq made this boot (its ACK confirms a trial)
+        if not self.cfg.fatal and _text("ota/stage"):
+            from citysense import fetch  # a transfer is under way: it goes on (fetch.py)
+
+            fetch.step(self, 0)
+
+    # ---- firmware updates (slots: citysense/slots.py; the update path: ota.py) ----
+    def note(self, text):
+        """A sys/ota outcome: kept in ota/notes until a record holding it is buffered."""
+        with open("ota/notes", "a") as f:
+            f.write(text[:80] + "\n")
+        self.notes.append(("sys/ota", text[:80]))
+
+    def _confirm(self):
+        """The gateway stored a record of this trial app: it becomes current (the one
+        before it previous; an older slot is deleted by the next staging)."""
+        p = _text("ota/boot").split()
+        self.trial = False
+        if len(p) == 4 and p[2] != "-":
+            import os
+
+            with open("ota/boot.tmp", "w") as f:
+                f.write("%s %s - 0\n" % (p[2], p[0]))
+            os.rename("ota/boot.tmp", "ota/boot")
+            self.note("confirmed " + self.version)
+
+    def _want(self, bid):
+        """Fetch bundle `bid` (hex): named in ota/stage, then a reboot. The transfer runs
+        from the start of the next boot, whose heap is not yet cut up (imported later,
+        after a COMMAND's verify, it did not always find room in 96 KiB)."""
+        if _text("ota/stage") != bid:
+            import os
+
+            try:
+                os.mkdir("ota")
+            except OSError:
+                pass
+            _remove("ota/new.csb")
+            with open("ota/stage", "w") as f:
+                f.write(bid)
+        self.reboot_at = self.now() + 500  # after the COMMAND_RESULT went out
+
+    def _offer(self, frame_):
+        """An OTA_OFFER {1: bundle id, 2: size} while no transfer runs: fetch it, unless
+        it was refused before, this app is on trial, or the node is not provisioned."""
+        try:
+            bid = "".join("%02x" % b for b in cbor.loads(frame_[1])[1])
+        except (ValueError, TypeError, KeyError):
+            return
+        if frame_[0] == 8 and len(bid) == 64 and not self.cfg.fatal and not self.trial:
+            if _text("ota/refused") != bid:
+                self._want(bid)
 
     def now(self):
         """Monotonic ms since boot that does not wrap (ticks_ms does)."""
@@ -120,15 +201,20 @@ class Node:
         self._ticks = t
         return self.ms
 
+    def unix_ms(self):
+        """Unix time in ms from the gateway's last TIME, or None before the first one."""
+        off = self.link.unix_offset
+        return None if off is None else self.now() + off
+
     def _rand(self):
         return self.ms * 7919 + self.boot
 
     # ---- HELLO ----
     def hello_body(self):
         m = {
-            1: 1,
+            1: PROTOCOL,
             2: self.cfg.device_id,
-            3: VERSION,
+            3: self.version,
             4: self.boot,
             5: self.reset_cause,
             6: self.now(),
@@ -136,6 +222,7 @@ class Node:
         }
         if self.cfg.problem:
             m[8] = self.cfg.problem
+        m[9] = "trial" if self.trial else "stable"
         return cbor.dumps(m)
 
     # ---- commands ----
@@ -151,6 +238,9 @@ class Node:
         if action == "sync_now":
             self.sync_now = True
             return "sampling now"
+        if action == "update":
+            self._want(value)
+            return "staging bundle=" + value[:16]
         if action == "reboot":
             self.reboot_at = self.now() + 500  # after the result went out
             return "rebooting"
@@ -180,7 +270,8 @@ class Node:
         self.samples += 1
         # `batch` samples per record at most: sealed earlier when one more sample of
         # this size would not fit the frame (batch 64 would make a ~5 KB record)
-        full = 2 * self.pack.nbytes - start > self.pack_budget
+        budget = self.pack_budget - _NOTE_RESERVE * len(self.notes)
+        full = 2 * self.pack.nbytes - start > budget
         if self.samples >= self.cfg.batch or self.sync_now or full:
             self.sync_now = False
             self.seal()
@@ -195,7 +286,12 @@ class Node:
         p.add("sys/linkerr", self.link.errors)
         dropped = self.dropped + self.buffer.dropped
         p.add("sys/dropped", dropped)
+        notes = self.notes
+        for n in notes:
+            p.add(n[0], n[1])
         seq = self.seqs.take()
+        if self.first_seq < 0:
+            self.first_seq = seq
         payload = senml.record_payload(seq, self.boot, p, self.time_base)
         record = cose.sign1(self.cfg.seed, self.kid, payload)
         before = self.buffer.dropped
@@ -213,10 +309,18 @@ class Node:
             hal.event("dropped", -1, lost)
         if fits:
             hal.event("record", seq, len(p))
+            self.notes = []
+            if len(notes) > 1 or notes and notes[0][0] != "sys/fw":
+                _remove("ota/notes")
         self.samples = 0
         p.clear()
 
     async def sampler(self):
+        # a boot that fetches a bundle does not sample: the heap (96 KiB) has no room
+        # for both. Buffered records still go out first; the transfer ends in a reboot.
+        while "citysense.fetch" in sys.modules:
+            self.beat_sampler = self.now()
+            await asyncio.sleep_ms(200)
         self.setup_sensors()
         while True:
             start = self.now()
@@ -254,8 +358,16 @@ class Node:
                 if out is None:
                     break
                 uart.write(out)
+            f = sys.modules.get("citysense.fetch")
+            if f and (link.ota_in or f.bundle):
+                f.step(self, now)
+            while link.ota_in and not f:
+                self._offer(link.ota_in.pop(0))
             while link.ack_events:
-                hal.event("ack", link.ack_events.pop(0))
+                seq = link.ack_events.pop(0)
+                hal.event("ack", seq)
+                if self.trial and 0 <= self.first_seq <= seq:
+                    self._confirm()
             if self.reboot_at >= 0 and now >= self.reboot_at:
                 hal.reset()
             await asyncio.sleep_ms(5 if n else 20)
@@ -268,6 +380,8 @@ class Node:
             ok = now - self.beat_link < _STALE_MS
             if not self.cfg.fatal:
                 ok = ok and now - self.beat_sampler < _STALE_MS
+            if self.trial and now > self.trial_end:  # not confirmed in time: roll back
+                _give_up("unconfirmed after %d s" % (self.trial_end // 1000))
             if ok:
                 wdt.feed()
                 if not healthy_done and now >= safe.HEALTHY_MS:
@@ -283,6 +397,30 @@ class Node:
             self.cfg.problem = cfg.problem  # what the next HELLO reports
             if not cfg.fatal:
                 hal.reset()  # provisioned: start again with the new config
+
+
+def _text(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _give_up(why):
+    """A trial that cannot be confirmed: say why (boot.py rolls back) and reset."""
+    with open("ota/why", "w") as f:
+        f.write(why)
+    hal.reset()
+
+
+def _remove(path):
+    import os
+
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def _on_error(loop, context):

@@ -7,7 +7,8 @@ node's seqs start at its enrollment's floor (Unix ms, ~1.8e12 > 2**32). Entries 
 earlier format, `0xA5 | length u16 | seq u32 | crc32 u32 | payload` (CRC over 7 header
 bytes), are still read, so a firmware update keeps what the buffer held; new entries
 are always written in the 64-bit form. Entries are only ever appended; a segment is
-deleted (whole) once an ACK covers all its entries, or when the buffer is full and the
+deleted (whole) once an ACK covers all its entries (the active one too when that leaves
+nothing pending: a drained buffer is an empty data/), or when the buffer is full and the
 oldest segment must go (drop-oldest, counted).
 
 Recovery (`open`) scans every segment: it keeps entries up to the first bad or short
@@ -196,13 +197,21 @@ class Buffer:
             return f.read(head[1] | (head[2] << 8))
 
     def ack(self, seq):
-        """Cumulative ACK: forget entries with seq <= `seq`; delete segments all acked."""
+        """Cumulative ACK: forget entries with seq <= `seq`; delete segments all acked.
+
+        When nothing is left pending, every segment goes, the active one too (the next
+        append starts a new one): a drained node's flash holds no record, so what
+        enrollment finds in data/ is what the gateway has not acknowledged (at most the
+        oldest segment's acknowledged entries besides)."""
         k = self.index_of(seq + 1)
         if not k:
             return 0
         del self._seqs[:k]
         del self._locs[:k]
-        first = self._locs[0] >> 16 if self._locs else self._active
-        while self.segs and self.segs[0] != self._active and (first < 0 or self.segs[0] < first):
+        first = self._locs[0] >> 16 if self._locs else -1
+        while self.segs and (first < 0 or self.segs[0] < first):
             self._remove(self.segs.pop(0))
+        if first < 0:
+            self._active = -1
+            self._size = 0
         return k

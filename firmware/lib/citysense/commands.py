@@ -1,11 +1,25 @@
-"""Operator COMMANDs: verify, check the id, apply, answer with a signed result.
+"""Operator COMMANDs: verify, check the binding and the id, apply, answer signed.
 
 A COMMAND is a COSE_Sign1 from the fleet operator key (kid b"operator"), payload
-{1: id, 2: action, 3: args}. The id must be strictly greater than the last accepted
-one, which is persisted (/state/cmd) BEFORE the action runs: a reboot command cannot
-loop, a replay is refused even across power cuts. Every COMMAND gets a COMMAND_RESULT
-{1: id, 2: ok, 3: detail} signed by the device; a forged or unparseable one is answered
-with the id read from the unverified payload if any (else 0) and ok = false.
+(protocol 2) {1: id, 2: action, 3: args, 4: device id, 5: gateway id or "*", 6: expiry
+in Unix ms}. In this order, each failure answered with a refusal:
+1. the signature (else "rejected: bad-signature", ...);
+2. the payload's shape; a payload without keys 4-6 is a protocol-1 command, bound to
+   no device: "rejected: unbound command (protocol 1)";
+3. key 4 must be this device's id ("rejected: wrong device"): a command signed for
+   node A and republished on B's topic is refused by B;
+4. key 6 must lie ahead of the node's clock ("rejected: expired"). The clock is the
+   gateway's TIME (the gateway sends one in answer to every HELLO, before it routes a
+   command to the node). A node that has had no TIME since boot has no clock (the
+   ESP32's RTC is not battery-backed) and refuses every command: "rejected: no clock".
+   Key 5 (the gateway) is the gateway's to check: the node does not know its id.
+5. the id must be strictly greater than the last accepted one, which is persisted
+   (/state/cmd) BEFORE the action runs: a reboot command cannot loop, a replay is
+   refused even across power cuts. Checks 3-4 come first so that a command refused for
+   its binding does not move the id (a republished high id must not lock a node out).
+Every COMMAND gets a COMMAND_RESULT {1: id, 2: ok, 3: detail} signed by the device; a
+forged or unparseable one is answered with the id read from the unverified payload if
+any (else 0) and ok = false.
 """
 
 from citysense import cbor, cose, state
@@ -20,12 +34,19 @@ def _range(lo, hi):
     return check
 
 
+_HEX = "0123456789abcdef"
 # action -> (argument name, validator) ; None: no argument
+# (gateway/protocol/commands.py ACTIONS says the same; tests/protocol holds them equal)
 ACTIONS = {
     "set_interval": ("interval_s", _range(1, 86400)),
     "set_batch": ("batch", _range(1, 64)),
     "sync_now": None,
     "reboot": None,
+    # a bundle id (64 lowercase hex): fetch it (citysense/fetch.py), stage it (ota.py)
+    "update": (
+        "bundle",
+        lambda v: isinstance(v, str) and len(v) == 64 and not v.strip("0123456789abcdef"),
+    ),
 }
 
 
@@ -39,11 +60,12 @@ def _unverified_id(body):
 
 
 class Commands:
-    def __init__(self, operator_pub, seed, kid, apply):
+    def __init__(self, operator_pub, seed, kid, apply, clock):
         self.operator = operator_pub
         self.seed = seed
         self.kid = kid
         self.apply = apply  # apply(action, value) -> detail str (raises ValueError)
+        self.clock = clock  # clock() -> Unix ms, or None before the first TIME
         self.last_id = state.load("cmd", 0)
         self.rejected = 0
 
@@ -54,6 +76,22 @@ class Commands:
     def _reject(self, cid, detail):
         self.rejected += 1
         return self.result(cid, False, detail)
+
+    def _unbound(self, m):
+        """Why this command is not for this node now (None: it is)."""
+        dev, gw, exp = m.get(4), m.get(5), m.get(6)
+        if dev is None and gw is None and exp is None:
+            return "unbound command (protocol 1)"
+        if not isinstance(dev, str) or not isinstance(gw, str) or not isinstance(exp, int):
+            return "malformed payload"
+        if dev.encode() != self.kid:
+            return "wrong device"
+        now = self.clock()
+        if now is None:
+            return "no clock"
+        if now >= exp:
+            return "expired"
+        return None
 
     def handle(self, body):
         """One COMMAND body -> the signed COMMAND_RESULT body."""
@@ -73,6 +111,9 @@ class Commands:
                 raise ValueError
         except Exception:
             return self._reject(0, "rejected: malformed payload")
+        why = self._unbound(m)
+        if why is not None:
+            return self._reject(cid, "rejected: " + why)
         if cid <= self.last_id:
             return self._reject(cid, "rejected: replay (id %d <= %d)" % (cid, self.last_id))
         self.last_id = cid

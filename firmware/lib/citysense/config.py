@@ -19,6 +19,8 @@ from citysense import state
 CONFIG = "config/device.json"
 KEY = "config/device.key"
 OPERATOR = "config/operator.pub"
+# the device-id rule (citysense_formats/devid.py): 1-64 of these, not starting with . _ -
+_ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"
 
 
 def _read(path, limit=2048):
@@ -29,11 +31,20 @@ def _read(path, limit=2048):
         return f.read(size)
 
 
+def _id_ok(did):
+    if not isinstance(did, str) or not 0 < len(did) <= 64 or did[0] in "._-":
+        return False
+    for c in did:
+        if c not in _ID_CHARS:
+            return False
+    return True
+
+
 def _fields(cfg, d):
     if not isinstance(d, dict):
         return False
     did = d.get("device_id")
-    if not isinstance(did, str) or not 0 < len(did) <= 64:
+    if not _id_ok(did):
         return False
     cfg.device_id = did
     for key in ("interval_s", "batch"):

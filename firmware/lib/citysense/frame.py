@@ -33,6 +33,11 @@ NACK = const(0x04)
 TIME = const(0x05)
 COMMAND = const(0x06)
 COMMAND_RESULT = const(0x07)
+# firmware transfer (docs/protocol.md section 10), private names: every public name is a
+# qstr for the node's whole life (citysense/fetch.py uses the numbers)
+_OTA_OFFER = const(0x08)  # gw->node: a bundle is there for you
+_OTA_GET = const(0x09)  # node->gw: send bytes of a bundle from an offset
+_OTA_CHUNK = const(0x0A)  # gw->node: those bytes (or why not)
 
 MAX_FRAME = const(1024)  # type + body + crc, before COBS
 MAX_BODY = const(1019)  # MAX_FRAME - 1 - 4
@@ -173,7 +178,7 @@ class Decoder:
             self._fail("crc mismatch: frame says %08x, computed %08x" % (want, got), "crc")
             return
         ftype = buf[0]
-        if ftype not in NAMES:
+        if ftype not in NAMES and not _OTA_OFFER <= ftype <= _OTA_CHUNK:
             self._fail("unknown frame type 0x%02x" % ftype, "unknown-type")
             return
         self.frames += 1

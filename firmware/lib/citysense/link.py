@@ -12,7 +12,11 @@ Rules (state -> what is sent next):
   is 1 (stop-and-wait): an ACK is cumulative and seqs may have gaps, so with a record
   N+1 in flight behind N, a lost N (line noise, a gateway restart) would be covered by
   the ACK of N+1 and deleted unsent. One record per round trip is ample for sensors.
-- ACK n: cumulative, the buffer deletes every entry with seq <= n, timers reset.
+- ACK n: cumulative, the buffer deletes every entry with seq <= n, timers reset, but
+  only if n <= the highest seq this link has sent since boot (`sent_high`). The line is
+  unauthenticated: an ACK above it covers records never sent (a forged ACK(2^64-1)
+  would empty the buffer), so it is ignored and counted (`bad_acks`, in sys/linkerr).
+  Records are sent in seq order, so every buffered seq <= sent_high has been sent.
 - NACK busy: stop sending records for a backoff (exponential, jittered), then resend
   from the NACKed seq. NACK replay: the gateway refuses that seq for good (it holds a
   higher one of this device): treated as an ACK of it so the link moves on, and counted
@@ -26,6 +30,10 @@ Rules (state -> what is sent next):
   record and resend (go-back-N); rto doubles up to `max_rto`, with jitter.
 - TIME t: `unix_offset` is set so that unix_ms = now_ms + unix_offset (the app switches
   records to time base 0 and sets the RTC).
+- OTA (docs/protocol.md section 10): OTA_OFFER and OTA_CHUNK frames are queued in
+  `ota_in` for the app's update path (at most 2; more are dropped, counted in
+  dropped_commands); the app puts the next OTA_GET body in `ota_get`, sent only when
+  nothing else is due (HELLO, results, records go first: telemetry keeps priority).
 - Line noise: bad frames are dropped by the decoder (counted) and decoding resyncs at the
   next 0x00 delimiter.
 """
@@ -43,6 +51,10 @@ except ImportError:
 
 _MAX_COMMANDS = const(4)
 _MAX_RESULTS = const(4)
+_MAX_OTA_IN = const(2)
+_OTA_OFFER = const(0x08)  # frame.py: the firmware-transfer frame types
+_OTA_GET = const(0x09)
+_OTA_CHUNK = const(0x0A)
 _ERROR_BACKOFF_MS = const(30000)
 _NO_TIME = const(-1)
 
@@ -77,6 +89,7 @@ class Link:
         self.decoder = decoder or frame.Decoder()
         self.encoder = encoder or frame.Encoder()
         self.next_seq = 0  # seq of the next record to send (0: from the oldest)
+        self.sent_high = -1  # highest seq sent since boot: no ACK may go above it
         self.deadline = _NO_TIME  # retransmit timer
         self.hold_until = _NO_TIME  # no records before this (NACK back-off)
         self.hello_due = True
@@ -86,14 +99,18 @@ class Link:
         self.unix_offset = None  # set by TIME
         self.time_set = False  # a TIME arrived since the app last looked (it sets the RTC)
         self.nack_errors = 0
+        self.bad_acks = 0
         self.retransmits = 0
         self.dropped_commands = 0
         self.last_rx = _NO_TIME
+        self.ota_in = []  # (ftype, body) of OTA_OFFER / OTA_CHUNK, for the app
+        self.ota_get = None  # the OTA_GET body to send when the line is free
 
     @property
     def errors(self):
-        """Link errors for sys/linkerr: bad frames + error NACKs + retransmit timeouts."""
-        return self.decoder.errors + self.nack_errors + self.retransmits
+        """Link errors for sys/linkerr: bad frames + error NACKs + ACKs above what was
+        sent + retransmit timeouts."""
+        return self.decoder.errors + self.nack_errors + self.bad_acks + self.retransmits
 
     def _jitter(self, ms):
         r = self._rand() if self._rand else 0
@@ -129,12 +146,20 @@ class Link:
                 self.commands.append(body)
             else:
                 self.dropped_commands += 1
+        elif ftype == _OTA_CHUNK or ftype == _OTA_OFFER:
+            if len(self.ota_in) < _MAX_OTA_IN:
+                self.ota_in.append((ftype, body))
+            else:
+                self.dropped_commands += 1
         else:
             self.nack_errors += 1  # a node-bound frame type from the gateway side
 
     def _ack(self, seq, now):
         if not isinstance(seq, int) or seq < 0:
             raise ValueError("bad ACK")
+        if seq > self.sent_high:
+            self.bad_acks += 1  # covers records never sent: forged or stale, not trusted
+            return
         if self.buffer.ack(seq):
             self.ack_events.append(seq)
             self.rto = self.rto_base
@@ -187,13 +212,17 @@ class Link:
             self.deadline = _NO_TIME
             self.hello_due = True
             return self.poll(now)
-        if self._held(now) or not len(buf):
-            return None
         i = self._in_flight()
-        if i >= self.window or i >= len(buf):
-            return None
+        if self._held(now) or i >= self.window or i >= len(buf):
+            body = self.ota_get
+            if body is None:
+                return None
+            self.ota_get = None
+            return self.encoder.encode(_OTA_GET, body)
         seq = buf.seq_at(i)
         self.next_seq = seq + 1
+        if seq > self.sent_high:
+            self.sent_high = seq
         if self.deadline == _NO_TIME:
             self.deadline = now + self._jitter(self.rto)
         return self.encoder.encode(frame.RECORD, buf.read(i))

@@ -1,110 +1,280 @@
-"""SHA-512 (FIPS 180-4) in pure Python for MicroPython: the ESP32's hashlib has none.
+"""SHA-512 (FIPS 180-4) for MicroPython: the ESP32's hashlib has none.
 
-Words are Python ints masked to 64 bits. One 128-byte block buffer and one 16-word
-rolling schedule are allocated per object and reused; `reset()` starts a new message
-in them. The round constants are a bytes table, read one word per round.
+The compression function is viper code (`@micropython.viper`: machine words, no heap):
+each 64-bit word is a pair of 32-bit halves (high, low) in a little-endian `ptr32`
+buffer, additions carry through 16-bit pieces, and every right shift is masked, so the
+same code gives the same words on the ESP32 (32-bit machine words) and on the unix port
+(64-bit; results are masked to 32 bits). Constants above 2**30 do not fit a small int
+on a 32-bit port, so the 32-bit masks are made at run time. A hash allocates nothing
+per block; `digest()` allocates its 64-byte result.
+
+The round constants and initial state are bytes tables of (high, low) 32-bit words in
+little-endian order (the ESP32's and x86-64's byte order), read by viper as `ptr32`.
 """
 
-import struct
-
 try:
+    import micropython
     from micropython import const
-except ImportError:  # CPython (cross-tests): const() is only a compiler hint
-
-    def const(x):  # type: ignore[misc]
-        return x
+except ImportError:  # CPython (the cross-tests): the viper code runs as plain Python
+    from citysense.pyviper import const, micropython, ptr8, ptr32  # type: ignore[assignment,no-redef]
 
 
-_M = const(0xFFFFFFFFFFFFFFFF)
 _BLOCK = const(128)
 
 _H0 = (
-    0x6A09E667F3BCC908, 0xBB67AE8584CAA73B, 0x3C6EF372FE94F82B, 0xA54FF53A5F1D36F1,
-    0x510E527FADE682D1, 0x9B05688C2B3E6C1F, 0x1F83D9ABFB41BD6B, 0x5BE0CD19137E2179,
+    b"\x67\xe6\x09\x6a\x08\xc9\xbc\xf3\x85\xae\x67\xbb\x3b\xa7\xca\x84"
+    b"\x72\xf3\x6e\x3c\x2b\xf8\x94\xfe\x3a\xf5\x4f\xa5\xf1\x36\x1d\x5f"
+    b"\x7f\x52\x0e\x51\xd1\x82\xe6\xad\x8c\x68\x05\x9b\x1f\x6c\x3e\x2b"
+    b"\xab\xd9\x83\x1f\x6b\xbd\x41\xfb\x19\xcd\xe0\x5b\x79\x21\x7e\x13"
 )  # fmt: skip
 
-# The 80 round constants as 640 big-endian bytes, read one word per round: as a
-# tuple of ints they cost one long-int object each on the heap (>6 KB on the 64-bit
-# unix port), as bytes 640 B.
-_K = (
-    b"\x42\x8a\x2f\x98\xd7\x28\xae\x22\x71\x37\x44\x91\x23\xef\x65\xcd"
-    b"\xb5\xc0\xfb\xcf\xec\x4d\x3b\x2f\xe9\xb5\xdb\xa5\x81\x89\xdb\xbc"
-    b"\x39\x56\xc2\x5b\xf3\x48\xb5\x38\x59\xf1\x11\xf1\xb6\x05\xd0\x19"
-    b"\x92\x3f\x82\xa4\xaf\x19\x4f\x9b\xab\x1c\x5e\xd5\xda\x6d\x81\x18"
-    b"\xd8\x07\xaa\x98\xa3\x03\x02\x42\x12\x83\x5b\x01\x45\x70\x6f\xbe"
-    b"\x24\x31\x85\xbe\x4e\xe4\xb2\x8c\x55\x0c\x7d\xc3\xd5\xff\xb4\xe2"
-    b"\x72\xbe\x5d\x74\xf2\x7b\x89\x6f\x80\xde\xb1\xfe\x3b\x16\x96\xb1"
-    b"\x9b\xdc\x06\xa7\x25\xc7\x12\x35\xc1\x9b\xf1\x74\xcf\x69\x26\x94"
-    b"\xe4\x9b\x69\xc1\x9e\xf1\x4a\xd2\xef\xbe\x47\x86\x38\x4f\x25\xe3"
-    b"\x0f\xc1\x9d\xc6\x8b\x8c\xd5\xb5\x24\x0c\xa1\xcc\x77\xac\x9c\x65"
-    b"\x2d\xe9\x2c\x6f\x59\x2b\x02\x75\x4a\x74\x84\xaa\x6e\xa6\xe4\x83"
-    b"\x5c\xb0\xa9\xdc\xbd\x41\xfb\xd4\x76\xf9\x88\xda\x83\x11\x53\xb5"
-    b"\x98\x3e\x51\x52\xee\x66\xdf\xab\xa8\x31\xc6\x6d\x2d\xb4\x32\x10"
-    b"\xb0\x03\x27\xc8\x98\xfb\x21\x3f\xbf\x59\x7f\xc7\xbe\xef\x0e\xe4"
-    b"\xc6\xe0\x0b\xf3\x3d\xa8\x8f\xc2\xd5\xa7\x91\x47\x93\x0a\xa7\x25"
-    b"\x06\xca\x63\x51\xe0\x03\x82\x6f\x14\x29\x29\x67\x0a\x0e\x6e\x70"
-    b"\x27\xb7\x0a\x85\x46\xd2\x2f\xfc\x2e\x1b\x21\x38\x5c\x26\xc9\x26"
-    b"\x4d\x2c\x6d\xfc\x5a\xc4\x2a\xed\x53\x38\x0d\x13\x9d\x95\xb3\xdf"
-    b"\x65\x0a\x73\x54\x8b\xaf\x63\xde\x76\x6a\x0a\xbb\x3c\x77\xb2\xa8"
-    b"\x81\xc2\xc9\x2e\x47\xed\xae\xe6\x92\x72\x2c\x85\x14\x82\x35\x3b"
-    b"\xa2\xbf\xe8\xa1\x4c\xf1\x03\x64\xa8\x1a\x66\x4b\xbc\x42\x30\x01"
-    b"\xc2\x4b\x8b\x70\xd0\xf8\x97\x91\xc7\x6c\x51\xa3\x06\x54\xbe\x30"
-    b"\xd1\x92\xe8\x19\xd6\xef\x52\x18\xd6\x99\x06\x24\x55\x65\xa9\x10"
-    b"\xf4\x0e\x35\x85\x57\x71\x20\x2a\x10\x6a\xa0\x70\x32\xbb\xd1\xb8"
-    b"\x19\xa4\xc1\x16\xb8\xd2\xd0\xc8\x1e\x37\x6c\x08\x51\x41\xab\x53"
-    b"\x27\x48\x77\x4c\xdf\x8e\xeb\x99\x34\xb0\xbc\xb5\xe1\x9b\x48\xa8"
-    b"\x39\x1c\x0c\xb3\xc5\xc9\x5a\x63\x4e\xd8\xaa\x4a\xe3\x41\x8a\xcb"
-    b"\x5b\x9c\xca\x4f\x77\x63\xe3\x73\x68\x2e\x6f\xf3\xd6\xb2\xb8\xa3"
-    b"\x74\x8f\x82\xee\x5d\xef\xb2\xfc\x78\xa5\x63\x6f\x43\x17\x2f\x60"
-    b"\x84\xc8\x78\x14\xa1\xf0\xab\x72\x8c\xc7\x02\x08\x1a\x64\x39\xec"
-    b"\x90\xbe\xff\xfa\x23\x63\x1e\x28\xa4\x50\x6c\xeb\xde\x82\xbd\xe9"
-    b"\xbe\xf9\xa3\xf7\xb2\xc6\x79\x15\xc6\x71\x78\xf2\xe3\x72\x53\x2b"
-    b"\xca\x27\x3e\xce\xea\x26\x61\x9c\xd1\x86\xb8\xc7\x21\xc0\xc2\x07"
-    b"\xea\xda\x7d\xd6\xcd\xe0\xeb\x1e\xf5\x7d\x4f\x7f\xee\x6e\xd1\x78"
-    b"\x06\xf0\x67\xaa\x72\x17\x6f\xba\x0a\x63\x7d\xc5\xa2\xc8\x98\xa6"
-    b"\x11\x3f\x98\x04\xbe\xf9\x0d\xae\x1b\x71\x0b\x35\x13\x1c\x47\x1b"
-    b"\x28\xdb\x77\xf5\x23\x04\x7d\x84\x32\xca\xab\x7b\x40\xc7\x24\x93"
-    b"\x3c\x9e\xbe\x0a\x15\xc9\xbe\xbc\x43\x1d\x67\xc4\x9c\x10\x0d\x4c"
-    b"\x4c\xc5\xd4\xbe\xcb\x3e\x42\xb6\x59\x7f\x29\x9c\xfc\x65\x7e\x2a"
-    b"\x5f\xcb\x6f\xab\x3a\xd6\xfa\xec\x6c\x44\x19\x8c\x4a\x47\x58\x17"
+# The 80 round constants, (high, low) 32-bit words, little-endian: 640 bytes.
+_KW = (
+    b"\x98\x2f\x8a\x42\x22\xae\x28\xd7\x91\x44\x37\x71\xcd\x65\xef\x23"
+    b"\xcf\xfb\xc0\xb5\x2f\x3b\x4d\xec\xa5\xdb\xb5\xe9\xbc\xdb\x89\x81"
+    b"\x5b\xc2\x56\x39\x38\xb5\x48\xf3\xf1\x11\xf1\x59\x19\xd0\x05\xb6"
+    b"\xa4\x82\x3f\x92\x9b\x4f\x19\xaf\xd5\x5e\x1c\xab\x18\x81\x6d\xda"
+    b"\x98\xaa\x07\xd8\x42\x02\x03\xa3\x01\x5b\x83\x12\xbe\x6f\x70\x45"
+    b"\xbe\x85\x31\x24\x8c\xb2\xe4\x4e\xc3\x7d\x0c\x55\xe2\xb4\xff\xd5"
+    b"\x74\x5d\xbe\x72\x6f\x89\x7b\xf2\xfe\xb1\xde\x80\xb1\x96\x16\x3b"
+    b"\xa7\x06\xdc\x9b\x35\x12\xc7\x25\x74\xf1\x9b\xc1\x94\x26\x69\xcf"
+    b"\xc1\x69\x9b\xe4\xd2\x4a\xf1\x9e\x86\x47\xbe\xef\xe3\x25\x4f\x38"
+    b"\xc6\x9d\xc1\x0f\xb5\xd5\x8c\x8b\xcc\xa1\x0c\x24\x65\x9c\xac\x77"
+    b"\x6f\x2c\xe9\x2d\x75\x02\x2b\x59\xaa\x84\x74\x4a\x83\xe4\xa6\x6e"
+    b"\xdc\xa9\xb0\x5c\xd4\xfb\x41\xbd\xda\x88\xf9\x76\xb5\x53\x11\x83"
+    b"\x52\x51\x3e\x98\xab\xdf\x66\xee\x6d\xc6\x31\xa8\x10\x32\xb4\x2d"
+    b"\xc8\x27\x03\xb0\x3f\x21\xfb\x98\xc7\x7f\x59\xbf\xe4\x0e\xef\xbe"
+    b"\xf3\x0b\xe0\xc6\xc2\x8f\xa8\x3d\x47\x91\xa7\xd5\x25\xa7\x0a\x93"
+    b"\x51\x63\xca\x06\x6f\x82\x03\xe0\x67\x29\x29\x14\x70\x6e\x0e\x0a"
+    b"\x85\x0a\xb7\x27\xfc\x2f\xd2\x46\x38\x21\x1b\x2e\x26\xc9\x26\x5c"
+    b"\xfc\x6d\x2c\x4d\xed\x2a\xc4\x5a\x13\x0d\x38\x53\xdf\xb3\x95\x9d"
+    b"\x54\x73\x0a\x65\xde\x63\xaf\x8b\xbb\x0a\x6a\x76\xa8\xb2\x77\x3c"
+    b"\x2e\xc9\xc2\x81\xe6\xae\xed\x47\x85\x2c\x72\x92\x3b\x35\x82\x14"
+    b"\xa1\xe8\xbf\xa2\x64\x03\xf1\x4c\x4b\x66\x1a\xa8\x01\x30\x42\xbc"
+    b"\x70\x8b\x4b\xc2\x91\x97\xf8\xd0\xa3\x51\x6c\xc7\x30\xbe\x54\x06"
+    b"\x19\xe8\x92\xd1\x18\x52\xef\xd6\x24\x06\x99\xd6\x10\xa9\x65\x55"
+    b"\x85\x35\x0e\xf4\x2a\x20\x71\x57\x70\xa0\x6a\x10\xb8\xd1\xbb\x32"
+    b"\x16\xc1\xa4\x19\xc8\xd0\xd2\xb8\x08\x6c\x37\x1e\x53\xab\x41\x51"
+    b"\x4c\x77\x48\x27\x99\xeb\x8e\xdf\xb5\xbc\xb0\x34\xa8\x48\x9b\xe1"
+    b"\xb3\x0c\x1c\x39\x63\x5a\xc9\xc5\x4a\xaa\xd8\x4e\xcb\x8a\x41\xe3"
+    b"\x4f\xca\x9c\x5b\x73\xe3\x63\x77\xf3\x6f\x2e\x68\xa3\xb8\xb2\xd6"
+    b"\xee\x82\x8f\x74\xfc\xb2\xef\x5d\x6f\x63\xa5\x78\x60\x2f\x17\x43"
+    b"\x14\x78\xc8\x84\x72\xab\xf0\xa1\x08\x02\xc7\x8c\xec\x39\x64\x1a"
+    b"\xfa\xff\xbe\x90\x28\x1e\x63\x23\xeb\x6c\x50\xa4\xe9\xbd\x82\xde"
+    b"\xf7\xa3\xf9\xbe\x15\x79\xc6\xb2\xf2\x78\x71\xc6\x2b\x53\x72\xe3"
+    b"\xce\x3e\x27\xca\x9c\x61\x26\xea\xc7\xb8\x86\xd1\x07\xc2\xc0\x21"
+    b"\xd6\x7d\xda\xea\x1e\xeb\xe0\xcd\x7f\x4f\x7d\xf5\x78\xd1\x6e\xee"
+    b"\xaa\x67\xf0\x06\xba\x6f\x17\x72\xc5\x7d\x63\x0a\xa6\x98\xc8\xa2"
+    b"\x04\x98\x3f\x11\xae\x0d\xf9\xbe\x35\x0b\x71\x1b\x1b\x47\x1c\x13"
+    b"\xf5\x77\xdb\x28\x84\x7d\x04\x23\x7b\xab\xca\x32\x93\x24\xc7\x40"
+    b"\x0a\xbe\x9e\x3c\xbc\xbe\xc9\x15\xc4\x67\x1d\x43\x4c\x0d\x10\x9c"
+    b"\xbe\xd4\xc5\x4c\xb6\x42\x3e\xcb\x9c\x29\x7f\x59\x2a\x7e\x65\xfc"
+    b"\xab\x6f\xcb\x5f\xec\xfa\xd6\x3a\x8c\x19\x44\x6c\x17\x58\x47\x4a"
 )  # fmt: skip
 
+_W = bytearray(128)  # the 16-word rolling message schedule, shared (one hash at a time)
+_TAIL = bytearray(_BLOCK + 64)  # digest(): the last block(s) and a state copy, shared
 
-def _compress(state, block, w):
-    """One 128-byte block into `state`; `w` is a 16-word rolling message schedule."""
-    m = _M
-    w[0:16] = struct.unpack_from(">16Q", block, 0)
-    a, b, c, d, e, f, g, h = state
-    k = _K
-    unpack = struct.unpack_from
-    for i in range(80):
-        j = i & 15
+
+@micropython.viper
+def _compress(st_, blk_, off: int):
+    """One 128-byte block of `blk` at `off` into the state `st` (16 32-bit words)."""
+    st = ptr32(st_)
+    blk = ptr8(blk_)
+    w = ptr32(_W)
+    kt = ptr32(_KW)
+    one = 1
+    m31 = (one << 31) - one
+    m = m31 | (one << 31)  # 0xFFFFFFFF on 32- and 64-bit machines alike
+    i = 0
+    while i < 32:
+        p = off + (i << 2)
+        w[i] = (blk[p] << 24) | (blk[p + 1] << 16) | (blk[p + 2] << 8) | blk[p + 3]
+        i += 1
+    aH = st[0]
+    aL = st[1]
+    bH = st[2]
+    bL = st[3]
+    cH = st[4]
+    cL = st[5]
+    dH = st[6]
+    dL = st[7]
+    eH = st[8]
+    eL = st[9]
+    fH = st[10]
+    fL = st[11]
+    gH = st[12]
+    gL = st[13]
+    hH = st[14]
+    hL = st[15]
+    i = 0
+    while i < 80:
+        j = (i & 15) << 1
         if i >= 16:
-            x = w[(i - 15) & 15]
-            y = w[(i - 2) & 15]
-            s0 = ((x >> 1) | (x << 63)) ^ ((x >> 8) | (x << 56)) ^ (x >> 7)
-            s1 = ((y >> 19) | (y << 45)) ^ ((y >> 61) | (y << 3)) ^ (y >> 6)
-            w[j] = (w[j] + (s0 & m) + w[(i - 7) & 15] + (s1 & m)) & m
-        s1 = ((e >> 14) | (e << 50)) ^ ((e >> 18) | (e << 46)) ^ ((e >> 41) | (e << 23))
-        t1 = h + (s1 & m) + (g ^ (e & (f ^ g))) + unpack(">Q", k, i << 3)[0] + w[j]
-        s0 = ((a >> 28) | (a << 36)) ^ ((a >> 34) | (a << 30)) ^ ((a >> 39) | (a << 25))
-        t2 = (s0 & m) + ((a & b) | (c & (a | b)))
-        h = g
-        g = f
-        f = e
-        e = (d + t1) & m
-        d = c
-        c = b
-        b = a
-        a = (t1 + t2) & m
-    state[0] = (state[0] + a) & m
-    state[1] = (state[1] + b) & m
-    state[2] = (state[2] + c) & m
-    state[3] = (state[3] + d) & m
-    state[4] = (state[4] + e) & m
-    state[5] = (state[5] + f) & m
-    state[6] = (state[6] + g) & m
-    state[7] = (state[7] + h) & m
+            x = ((i - 15) & 15) << 1
+            xH = w[x]
+            xL = w[x + 1]
+            # sigma0 = rotr 1 ^ rotr 8 ^ shr 7
+            s0H = (
+                (((xH >> 1) & m31) | (xL << 31))
+                ^ (((xH >> 8) & 0xFFFFFF) | (xL << 24))
+                ^ ((xH >> 7) & 0x1FFFFFF)
+            )
+            s0L = (
+                (((xL >> 1) & m31) | (xH << 31))
+                ^ (((xL >> 8) & 0xFFFFFF) | (xH << 24))
+                ^ (((xL >> 7) & 0x1FFFFFF) | (xH << 25))
+            )
+            x = ((i - 2) & 15) << 1
+            xH = w[x]
+            xL = w[x + 1]
+            # sigma1 = rotr 19 ^ rotr 61 ^ shr 6
+            s1H = (
+                (((xH >> 19) & 0x1FFF) | (xL << 13))
+                ^ (((xL >> 29) & 7) | (xH << 3))
+                ^ ((xH >> 6) & 0x3FFFFFF)
+            )
+            s1L = (
+                (((xL >> 19) & 0x1FFF) | (xH << 13))
+                ^ (((xH >> 29) & 7) | (xL << 3))
+                ^ (((xL >> 6) & 0x3FFFFFF) | (xH << 26))
+            )
+            x = ((i - 7) & 15) << 1
+            yL = w[x + 1]
+            zL = w[j + 1]
+            lo = (s0L & 0xFFFF) + (s1L & 0xFFFF) + (yL & 0xFFFF) + (zL & 0xFFFF)
+            hi = (
+                ((s0L >> 16) & 0xFFFF)
+                + ((s1L >> 16) & 0xFFFF)
+                + ((yL >> 16) & 0xFFFF)
+                + ((zL >> 16) & 0xFFFF)
+                + (lo >> 16)
+            )
+            w[j + 1] = (hi << 16) | (lo & 0xFFFF)
+            w[j] = s0H + s1H + w[x] + w[j] + (hi >> 16)
+        # t1 = h + Sigma1(e) + Ch(e, f, g) + K[i] + W[i]; Sigma1 = rotr 14 ^ 18 ^ 41
+        sH = (
+            (((eH >> 14) & 0x3FFFF) | (eL << 18))
+            ^ (((eH >> 18) & 0x3FFF) | (eL << 14))
+            ^ (((eL >> 9) & 0x7FFFFF) | (eH << 23))
+        )
+        sL = (
+            (((eL >> 14) & 0x3FFFF) | (eH << 18))
+            ^ (((eL >> 18) & 0x3FFF) | (eH << 14))
+            ^ (((eH >> 9) & 0x7FFFFF) | (eL << 23))
+        )
+        yH = gH ^ (eH & (fH ^ gH))
+        yL = gL ^ (eL & (fL ^ gL))
+        kH = kt[i << 1]
+        kL = kt[(i << 1) + 1]
+        zH = w[j]
+        zL = w[j + 1]
+        lo = (hL & 0xFFFF) + (sL & 0xFFFF) + (yL & 0xFFFF) + (kL & 0xFFFF) + (zL & 0xFFFF)
+        hi = (
+            ((hL >> 16) & 0xFFFF)
+            + ((sL >> 16) & 0xFFFF)
+            + ((yL >> 16) & 0xFFFF)
+            + ((kL >> 16) & 0xFFFF)
+            + ((zL >> 16) & 0xFFFF)
+            + (lo >> 16)
+        )
+        t1L = ((hi << 16) | (lo & 0xFFFF)) & m
+        t1H = (hH + sH + yH + kH + zH + (hi >> 16)) & m
+        # t2 = Sigma0(a) + Maj(a, b, c); Sigma0 = rotr 28 ^ 34 ^ 39
+        sH = (
+            (((aH >> 28) & 0xF) | (aL << 4))
+            ^ (((aL >> 2) & 0x3FFFFFFF) | (aH << 30))
+            ^ (((aL >> 7) & 0x1FFFFFF) | (aH << 25))
+        )
+        sL = (
+            (((aL >> 28) & 0xF) | (aH << 4))
+            ^ (((aH >> 2) & 0x3FFFFFFF) | (aL << 30))
+            ^ (((aH >> 7) & 0x1FFFFFF) | (aL << 25))
+        )
+        yH = (aH & bH) | (cH & (aH | bH))
+        yL = (aL & bL) | (cL & (aL | bL))
+        lo = (sL & 0xFFFF) + (yL & 0xFFFF)
+        hi = ((sL >> 16) & 0xFFFF) + ((yL >> 16) & 0xFFFF) + (lo >> 16)
+        t2L = ((hi << 16) | (lo & 0xFFFF)) & m
+        t2H = (sH + yH + (hi >> 16)) & m
+        hH = gH
+        hL = gL
+        gH = fH
+        gL = fL
+        fH = eH
+        fL = eL
+        lo = (dL & 0xFFFF) + (t1L & 0xFFFF)
+        hi = ((dL >> 16) & 0xFFFF) + ((t1L >> 16) & 0xFFFF) + (lo >> 16)
+        eL = ((hi << 16) | (lo & 0xFFFF)) & m
+        eH = (dH + t1H + (hi >> 16)) & m
+        dH = cH
+        dL = cL
+        cH = bH
+        cL = bL
+        bH = aH
+        bL = aL
+        lo = (t1L & 0xFFFF) + (t2L & 0xFFFF)
+        hi = ((t1L >> 16) & 0xFFFF) + ((t2L >> 16) & 0xFFFF) + (lo >> 16)
+        aL = ((hi << 16) | (lo & 0xFFFF)) & m
+        aH = (t1H + t2H + (hi >> 16)) & m
+        i += 1
+    # the state += a..h, word by word
+    xL = st[1]
+    lo = (xL & 0xFFFF) + (aL & 0xFFFF)
+    hi = ((xL >> 16) & 0xFFFF) + ((aL >> 16) & 0xFFFF) + (lo >> 16)
+    st[1] = (hi << 16) | (lo & 0xFFFF)
+    st[0] = st[0] + aH + (hi >> 16)
+    xL = st[3]
+    lo = (xL & 0xFFFF) + (bL & 0xFFFF)
+    hi = ((xL >> 16) & 0xFFFF) + ((bL >> 16) & 0xFFFF) + (lo >> 16)
+    st[3] = (hi << 16) | (lo & 0xFFFF)
+    st[2] = st[2] + bH + (hi >> 16)
+    xL = st[5]
+    lo = (xL & 0xFFFF) + (cL & 0xFFFF)
+    hi = ((xL >> 16) & 0xFFFF) + ((cL >> 16) & 0xFFFF) + (lo >> 16)
+    st[5] = (hi << 16) | (lo & 0xFFFF)
+    st[4] = st[4] + cH + (hi >> 16)
+    xL = st[7]
+    lo = (xL & 0xFFFF) + (dL & 0xFFFF)
+    hi = ((xL >> 16) & 0xFFFF) + ((dL >> 16) & 0xFFFF) + (lo >> 16)
+    st[7] = (hi << 16) | (lo & 0xFFFF)
+    st[6] = st[6] + dH + (hi >> 16)
+    xL = st[9]
+    lo = (xL & 0xFFFF) + (eL & 0xFFFF)
+    hi = ((xL >> 16) & 0xFFFF) + ((eL >> 16) & 0xFFFF) + (lo >> 16)
+    st[9] = (hi << 16) | (lo & 0xFFFF)
+    st[8] = st[8] + eH + (hi >> 16)
+    xL = st[11]
+    lo = (xL & 0xFFFF) + (fL & 0xFFFF)
+    hi = ((xL >> 16) & 0xFFFF) + ((fL >> 16) & 0xFFFF) + (lo >> 16)
+    st[11] = (hi << 16) | (lo & 0xFFFF)
+    st[10] = st[10] + fH + (hi >> 16)
+    xL = st[13]
+    lo = (xL & 0xFFFF) + (gL & 0xFFFF)
+    hi = ((xL >> 16) & 0xFFFF) + ((gL >> 16) & 0xFFFF) + (lo >> 16)
+    st[13] = (hi << 16) | (lo & 0xFFFF)
+    st[12] = st[12] + gH + (hi >> 16)
+    xL = st[15]
+    lo = (xL & 0xFFFF) + (hL & 0xFFFF)
+    hi = ((xL >> 16) & 0xFFFF) + ((hL >> 16) & 0xFFFF) + (lo >> 16)
+    st[15] = (hi << 16) | (lo & 0xFFFF)
+    st[14] = st[14] + hH + (hi >> 16)
+
+
+@micropython.viper
+def _put_be(st_, out_):
+    """The 16 state words into 64 big-endian bytes."""
+    st = ptr32(st_)
+    out = ptr8(out_)
+    i = 0
+    while i < 16:
+        x = st[i]
+        p = i << 2
+        out[p] = x >> 24
+        out[p + 1] = x >> 16
+        out[p + 2] = x >> 8
+        out[p + 3] = x
+        i += 1
 
 
 class sha512:
@@ -114,62 +284,65 @@ class sha512:
     block_size = 128
 
     def __init__(self, data=b""):
-        self._state = list(_H0)
+        self._state = bytearray(_H0)
         self._buf = bytearray(_BLOCK)
         self._fill = 0
         self._length = 0
-        self._w = [0] * 16
         if data:
             self.update(data)
 
     def reset(self):
         """Back to the empty message, reusing the buffers (a hasher kept for many
-        messages allocates nothing per message)."""
+        messages allocates nothing per message but its digests)."""
         self._state[:] = _H0
         self._fill = 0
         self._length = 0
 
     def update(self, data):
-        mv = memoryview(data)
-        n = len(mv)
+        n = len(data)
         self._length += n
         pos = 0
         buf = self._buf
         fill = self._fill
         if fill:
             take = min(_BLOCK - fill, n)
-            buf[fill : fill + take] = mv[:take]
+            buf[fill : fill + take] = memoryview(data)[:take]
             fill += take
             pos = take
             if fill < _BLOCK:
                 self._fill = fill
                 return
-            _compress(self._state, buf, self._w)
+            _compress(self._state, buf, 0)
             fill = 0
         while n - pos >= _BLOCK:
-            _compress(self._state, mv[pos : pos + _BLOCK], self._w)
+            _compress(self._state, data, pos)
             pos += _BLOCK
         if pos < n:
-            buf[0 : n - pos] = mv[pos:]
+            buf[0 : n - pos] = memoryview(data)[pos:]
             fill = n - pos
         self._fill = fill
 
     def digest(self):
         """The 64-byte digest of everything fed so far; the object stays usable."""
-        state = list(self._state)
-        buf = bytearray(self._buf)
+        tail = _TAIL
+        state = memoryview(tail)[_BLOCK:]
+        state[:] = self._state
         fill = self._fill
-        buf[fill] = 0x80
+        tail[:fill] = memoryview(self._buf)[:fill]
+        tail[fill] = 0x80
         for i in range(fill + 1, _BLOCK):
-            buf[i] = 0
+            tail[i] = 0
         if fill >= _BLOCK - 16:
-            _compress(state, buf, self._w)
+            _compress(state, tail, 0)
             for i in range(_BLOCK):
-                buf[i] = 0
-        bits = self._length * 8
-        struct.pack_into(">QQ", buf, _BLOCK - 16, bits >> 64, bits & _M)
-        _compress(state, buf, self._w)
-        return struct.pack(">8Q", *state)
+                tail[i] = 0
+        bits = self._length << 3
+        for i in range(8):  # the bit length, big-endian, in the last 8 bytes (< 2**64)
+            tail[_BLOCK - 1 - i] = (bits >> (i << 3)) & 0xFF
+        _compress(state, tail, 0)
+        out = bytearray(64)
+        _put_be(state, out)
+        return bytes(out)
 
     def hexdigest(self):
         return "".join("%02x" % b for b in self.digest())

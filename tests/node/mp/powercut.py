@@ -1,7 +1,13 @@
 # Runs under micropython, cwd = the flash folder. Recovers the buffer, reports it,
-# then appends records forever until the test kills the process (a power cut).
+# then appends records until the test kills the process (a power cut).
 #   micropython powercut.py buffer|seq
+# A boot appends at most APPENDS entries and then waits for the kill: the test kills a
+# few entries in, but a loaded machine may take a while to deliver the kill, and an
+# unbounded run would leave thousands of pending entries whose index (two lists of ints)
+# does not fit the 96 KiB heap at the next boot. The real node's buffer is bounded by
+# max_segs; this one (max_segs=100000) only by this count.
 import sys
+import time
 
 from citysense.buffer import Buffer
 from citysense.state import SeqStore
@@ -30,10 +36,15 @@ def main(mode):
         b.ack(ack)
         print("k", ack)
     ss = SeqStore(block=8, floor=b.newest_seq())
-    while True:
+    for _ in range(APPENDS):
         s = ss.take()
         b.append(s, body(s))
         print("A", s)
+    while True:
+        time.sleep(1)
+
+
+APPENDS = 300
 
 
 main(sys.argv[1])

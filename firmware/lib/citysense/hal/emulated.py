@@ -15,6 +15,7 @@ import sys
 
 from citysense.hal import emu_board
 
+HARDWARE = "esp32"  # what it emulates: bundles for "esp32" install here
 _EXIT_SOFT = 3  # the emulator restarts the node with reset cause "soft"
 _EXIT_DEEPSLEEP = 4
 

@@ -5,6 +5,7 @@ import time
 
 import machine
 
+HARDWARE = "esp32"  # a bundle's manifest key 3 must say this
 _CAUSES = {
     machine.PWRON_RESET: "power-on",
     machine.HARD_RESET: "hard",

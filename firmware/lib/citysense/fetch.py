@@ -1,0 +1,187 @@
+"""The transfer of a bundle while the app runs (imported only while one is under way).
+
+Kept as small as can be: the app runs in a 96 KiB heap with a few KiB to spare, and a
+module's qstrs stay interned for the rest of the boot (one more qstr pool is ~7 KiB),
+so this module only moves bytes, and a boot that fetches does not sample (app.sampler
+waits while this module is loaded; buffered records still go out, first). Everything
+that checks the bytes runs at the next boot, in a fresh heap, before the app is
+imported (citysense/ota.py, called by main.py).
+
+- The bundle's bytes are appended to `ota/new.csb` (kept open, flushed after every
+  chunk); `ota/stage` names the bundle (64 hex). After a power cut the file holds a
+  prefix of the bundle and its size is the offset to ask for next: it resumes there.
+- OTA_GET {1: id, 2: offset, 3: CHUNK} goes out when the line has nothing else to send
+  (link.ota_get); no answer in 2 s: asked again (a line cut, a gateway restarting).
+- OTA_CHUNK at that offset: appended. Empty bytes: the end of the bundle: `ota/stage` is
+  renamed `ota/ready` and the node reboots; {4: reason}: the gateway cannot serve it:
+  refused (`ota/refused`: an offer of it is not taken again). No byte for 120 s (a
+  cut line, a gateway gone): refused `stalled`, so that the node samples again; an
+  `update` command starts the transfer again. A transfer is started by
+  the app (the `update` COMMAND, an OTA_OFFER): it names the bundle in `ota/stage` and
+  reboots, so this module is imported at the start of a boot, in a heap not cut up yet.
+"""
+
+import gc
+import os
+
+from citysense import cbor
+
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):  # type: ignore[misc]
+        return x
+
+
+FILE = "ota/new.csb"
+STAGE = "ota/stage"
+READY = "ota/ready"
+REFUSED = "ota/refused"
+CHUNK = 512  # bytes asked per GET
+_STALL_MS = const(120000)  # no byte this long (line cut, gateway gone): given up
+LIMIT = 1056776  # the largest bundle citysense_formats.bundle builds (header + manifest + 1 MiB)
+bundle = None  # the bundle being fetched (32 bytes); the app polls while it is set
+_asked = -1  # when the last GET went out
+_moved = -1  # when the transfer last moved (a chunk appended; -1: not resumed yet)
+_f = None  # FILE, open for appending while a transfer runs (no file object per chunk)
+_off = 0  # its size: the offset asked for next
+
+
+def _size():
+    try:
+        return os.stat(FILE)[6]
+    except OSError:
+        return 0
+
+
+def _close():
+    global _f
+    if _f is not None:
+        _f.close()
+        _f = None
+
+
+def _hex(b):
+    return "".join("%02x" % x for x in b)
+
+
+def _put(path, text):
+    try:
+        os.mkdir("ota")
+    except OSError:
+        pass
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _drop():
+    _close()
+    for p in (FILE, STAGE):
+        try:
+            os.remove(p)
+        except OSError:
+            pass
+
+
+def _refuse(node, why):
+    global bundle
+    b = bundle or b""
+    node.note("refused %s: %s" % (_hex(b[:8]), why))
+    _put(REFUSED, _hex(b))
+    _drop()
+    bundle = None
+    node.reboot_at = node.now() + 500  # the next boot samples again
+
+
+def _take(node, t, m, now):
+    global bundle, _asked, _f, _off, _moved
+    if t != 10:  # an OTA_OFFER while a transfer runs: this one goes on
+        return
+    if bundle is None or m.get(1) != bundle or m.get(2) != _off:
+        return  # not ours, or an old answer: the next GET asks again
+    if 4 in m:
+        _refuse(node, "gateway " + str(m[4])[:24])
+        return
+    d = m.get(3)
+    if d is None:
+        return
+    if not d:  # the end: checked and staged at the next boot (ota.py)
+        _close()
+        os.rename(STAGE, READY)
+        bundle = None
+        node.reboot_at = now + 500
+        return
+    if _off + len(d) > LIMIT or not _off and bytes(d[:4]) != b"CSB1":
+        _refuse(node, "too-large" if _off else "bad-magic")
+        return
+    if _f is None:
+        _f = open(FILE, "ab")
+    _f.write(d)
+    _f.flush()  # on the ESP32's LittleFS a sync: what a power cut keeps is a prefix
+    _off += len(d)
+    _asked = -1
+    _moved = now
+
+
+def _chunk(b):
+    """An OTA_CHUNK with bytes, {1: id, 2: offset, 3: bytes} as the gateway encodes it,
+    read in place (the bytes are a memoryview into the frame body, not a copy); None
+    for any other shape (cbor.loads reads it then)."""
+    if b[0] != 0xA3 or b[1] != 1 or b[2] != 0x58 or b[3] != 32 or b[36] != 2:
+        return None
+    i, off = 37, b[37]
+    if off >= 0x18:  # a uint of 1, 2 or 4 bytes follows the head
+        n = (1, 2, 4)[off - 0x18] if off <= 0x1A else 0
+        if not n:
+            return None
+        off = int.from_bytes(b[38 : 38 + n], "big")
+        i += n
+    i += 1
+    if b[i] != 3:
+        return None
+    h = b[i + 1]
+    i += 2
+    if 0x40 <= h <= 0x57:
+        n = h - 0x40
+    elif h == 0x58:
+        n, i = b[i], i + 1
+    elif h == 0x59:
+        n, i = (b[i] << 8) | b[i + 1], i + 2
+    else:
+        return None
+    if i + n != len(b):
+        return None
+    return {1: b[4:36], 2: off, 3: memoryview(b)[i:]}
+
+
+def step(node, now):
+    """Called by the app at boot when `ota/stage` names a bundle (app.Node._want wrote
+    it), then by its link loop while the transfer runs or OTA frames came in."""
+    global bundle, _asked, _off, _moved
+    if _moved < 0:  # the first call of this boot: the transfer goes on from the file's size
+        _moved = now
+        try:
+            with open(STAGE) as f:
+                t = f.read()
+            bundle = bytes(int(t[i : i + 2], 16) for i in range(0, 64, 2))
+            _off = _size()
+        except (OSError, ValueError):
+            pass
+    link = node.link
+    while link.ota_in:
+        t, body = link.ota_in.pop(0)
+        try:
+            m = _chunk(body) if t == 10 else None
+            if m is None:
+                m = cbor.loads(body)
+            if isinstance(m, dict):
+                _take(node, t, m, now)
+        except (ValueError, TypeError, IndexError):
+            pass
+    if bundle is not None and now - _moved > _STALL_MS:
+        _refuse(node, "stalled")  # the next boot samples; an `update` command restarts it
+    if bundle is not None and link.ota_get is None and (_asked < 0 or now - _asked >= 2000):
+        gc.collect()  # a chunk's body and its bytes were the biggest blocks made since
+        link.ota_get = cbor.dumps({1: bundle, 2: _off, 3: CHUNK})
+        _asked = now
