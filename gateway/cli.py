@@ -11,6 +11,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from .config import Config, ConfigError, load_config
 from .queue import read_only_stats
@@ -61,10 +62,38 @@ def _load(path: str) -> Config:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
+    for warning in config_warnings(cfg):
+        print(f"{PROG}: {args.config}: warning: {warning}", file=sys.stderr)
     print(
         f"OK: gateway {cfg.gateway_id}, {len(cfg.serial)} serial entries, uplink {cfg.uplink.url}"
+        f" (MQTT {cfg.uplink.protocol})"
     )
+    ota = cfg.ota
+    if ota.release_key is not None:
+        print(
+            f"OK: ota release key {ota.release_key_path}, cache {cfg.ota_cache_dir}"
+            f" (max {ota.cache_max_bytes} bytes)"
+        )
     return 0
+
+
+def config_warnings(cfg: Config) -> list[str]:
+    """What a valid config costs: one line each, printed by check-config (exit still 0)."""
+    out = []
+    if cfg.uplink.protocol == "3.1.1":
+        out.append(
+            'uplink.protocol = "3.1.1": MQTT 3.1.1 has no PUBACK reason codes, so a broker '
+            "that denies a publish (ACL, certificate CN not matching gateway.id) still "
+            "acknowledges it and drops it: those records are deleted here and lost. "
+            'Use "5" unless the broker cannot speak MQTT 5'
+        )
+    if not cfg.time_require_sync:
+        out.append(
+            "time.require_sync = false: TIME goes to nodes even while the kernel says the "
+            "clock is not synchronised, and nodes then sign readings with a wrong time "
+            "(for labs and tests only)"
+        )
+    return out
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -73,13 +102,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     _setup_logging(args.log_level)
     try:
-        asyncio.run(Agent(cfg).run())
+        return asyncio.run(Agent(cfg).run())
     except KeyboardInterrupt:
         return 130
     except OSError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
-    return 0
 
 
 def _queue_stats(cfg: Config) -> dict[str, object] | None:
@@ -112,11 +140,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     state = read_state(cfg) or {}
     written = state.get("written_at")
+    every = state.get("rewritten_within_s", 0)  # absent: an agent that wrote every second
+    stale_after = 10 + 2 * (every if isinstance(every, int | float) else 0)
     running = (
         bool(state)
         and _alive(state.get("pid"))
         and isinstance(written, int | float)
-        and (time.time() - written < 10)
+        and (time.time() - written < stale_after)
     )
     out: dict[str, object] = {"gateway_id": cfg.gateway_id, "running": running, **state}
     stats = _queue_stats(cfg)
@@ -141,6 +171,18 @@ def _print_status(s: dict[str, object]) -> None:
     if isinstance(up, dict):
         err = f" (last error: {up['last_error']})" if up.get("last_error") else ""
         print(f"uplink    {up.get('state')} {up.get('protocol')} {up.get('url')}{err}")
+        last = up.get("last_refusal")
+        if up.get("refused") or up.get("retrying"):
+            why = f"{last.get('reason')} on {last.get('topic')}" if isinstance(last, dict) else "-"
+            print(
+                f"REFUSED   {up.get('refused')} publishes refused by the broker, "
+                f"{up.get('retrying')} records waiting to retry; last: {why} "
+                "(check the broker ACL and the certificate CN against gateway.id)"
+            )
+    clk = s.get("clock")
+    if isinstance(clk, dict):
+        sending = "TIME sent to nodes" if clk.get("sending_time") else "TIME WITHHELD"
+        print(f"clock     {clk.get('state')} ({clk.get('detail')}), {sending}")
     q = s.get("queue_db") or s.get("queue")
     if isinstance(q, dict):
         print(
@@ -152,6 +194,13 @@ def _print_status(s: dict[str, object]) -> None:
         print(f"QUEUE     CORRUPT database moved aside: {live_q['moved_aside']}")
     print(f"ports     {', '.join(s.get('ports') or []) or '-'}")  # type: ignore[arg-type]
     print(f"rejects   {json.dumps(s.get('rejects') or {})}")
+    wear = s.get("disk_wear")
+    if isinstance(wear, dict) and wear.get("per_day") is not None:
+        print(
+            f"disk      {wear['per_day'] / 1e6:.1f} MB written/day: a year of that is"
+            f" {100 * wear['share_per_year']:.2f} % of the card's rated"
+            f" {wear['endurance_bytes'] / 1e12:g} TB ([gateway] storage_endurance)"
+        )
     devices = s.get("devices")
     if isinstance(devices, dict) and devices:
         print("devices")
@@ -182,6 +231,121 @@ def cmd_queue_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_device_show(args: argparse.Namespace) -> int:
+    from .agent import read_state
+    from .devicectl import show
+
+    cfg = _load(args.config)
+    info = show(cfg.db_path, cfg.registry, read_state(cfg), args.device)
+    if args.json:
+        print(json.dumps(info, indent=1, sort_keys=True))
+        return 0 if info["registry"] else 4
+    reg, q, live = info["registry"], info["queue"] or {}, info["live"] or {}
+    if reg is None:
+        print(f"{PROG}: {args.device}: not in the registry {cfg.registry}", file=sys.stderr)
+    else:
+        print(
+            f"device    {args.device}  {reg['status']}  key {reg['key_id']}  "
+            f"seq floor {reg['seq_floor']}"
+        )
+    keys = q.get("keys") or {}
+    print(
+        f"replay    highest stored seq {q.get('high_seq')}"
+        + "".join(f"  [key {k}: {v}]" for k, v in sorted(keys.items()))
+    )
+    seqs = f"{q.get('min_seq')}..{q.get('max_seq')}"
+    print(f"queue     {q.get('queued', 0)} records queued  seqs {seqs}")
+    print(
+        f"live      port {live.get('port')}  last seen {_age(live.get('last_seen'))}  "
+        f"boot {live.get('boot')}  firmware {live.get('firmware')}"
+    )
+    return 0 if reg else 4
+
+
+def cmd_device_reset_seq(args: argparse.Namespace) -> int:
+    from .devicectl import AgentLockedError, agent_lock, audit, request, reset_offline
+
+    cfg = _load(args.config)
+    if not args.yes:
+        print(
+            f"{PROG}: reset-seq lowers {args.device}'s replay state to its highest queued seq;"
+            " a replayed old record of it would then be stored again. Add --yes to do it",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        with agent_lock(cfg.state_dir):
+            result = reset_offline(cfg.db_path, cfg.queue_max_bytes, args.device)
+            audit(cfg.state_dir, "reset-seq", args.device, result, via="offline")
+            via = "queue file (service stopped)"
+    except AgentLockedError:
+        try:
+            result = request(cfg.state_dir, "reset-seq", args.device)
+        except TimeoutError as exc:
+            print(f"{PROG}: {exc}; check `systemctl status citysense-gateway`", file=sys.stderr)
+            return 1
+        via = "the running service"
+        if not result.get("ok"):
+            print(f"{PROG}: the service refused: {result.get('error')}", file=sys.stderr)
+            return 1
+    print(f"reset-seq {args.device} via {via}: {json.dumps(result, sort_keys=True)}")
+    return 0
+
+
+def cmd_ota_push(args: argparse.Namespace) -> int:
+    """Put a bundle in the cache and offer it to a device (docs/operations.md)."""
+    from citysense_formats.bundle import BundleError
+
+    from .devicectl import AgentLockedError, agent_lock, request
+    from .ota.serve import OtaServer, open_cache
+
+    cfg = _load(args.config)
+    cache = open_cache(cfg)
+    if cache is None:
+        print(
+            f"{PROG}: {args.config}: [ota] release_key is not set, so bundles cannot be"
+            " checked: set it to the release public key (.pub)",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        data = Path(args.file).read_bytes()
+    except OSError as exc:
+        print(f"{PROG}: {args.file}: cannot read: {exc.strerror}", file=sys.stderr)
+        return 1
+    try:
+        b = cache.put(data)
+    except BundleError as exc:
+        print(
+            f"{PROG}: {args.file}: refused ({exc.reason}): {exc}; nothing was cached or"
+            " offered (is it a bundle from `citysense-cloud release build`, signed by the"
+            " release key this gateway has?)",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        with agent_lock(cfg.state_dir):
+            OtaServer(cache).offer(args.device, b.id)
+            via = (
+                "the offers file (service stopped): offered when it runs and the device says HELLO"
+            )
+    except AgentLockedError:
+        try:
+            result = request(cfg.state_dir, "ota-offer", args.device, bundle=b.id)
+        except TimeoutError as exc:
+            print(f"{PROG}: {exc}; check `systemctl status citysense-gateway`", file=sys.stderr)
+            return 1
+        if not result.get("ok"):
+            print(f"{PROG}: the service refused: {result.get('error')}", file=sys.stderr)
+            return 1
+        via = "the running service" + (", sent now" if result.get("sent_now") else "")
+    print(
+        f"ota push {args.device}: bundle {b.short_id} version {b.version} seq {b.seq}"
+        f" ({b.size} bytes) cached and offered via {via}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -206,6 +370,25 @@ def build_parser() -> argparse.ArgumentParser:
     qs.add_argument("--config", required=True)
     qs.add_argument("--json", action="store_true")
     qs.set_defaults(fn=cmd_queue_stats)
+    dp = sub.add_parser("device", help="one device's replay state")
+    dsub = dp.add_subparsers(dest="dcmd", required=True)
+    ds = dsub.add_parser("show", help="registry key, replay state, queued records, live state")
+    ds.add_argument("device")
+    ds.add_argument("--config", required=True)
+    ds.add_argument("--json", action="store_true")
+    ds.set_defaults(fn=cmd_device_show)
+    dr = dsub.add_parser("reset-seq", help="lower the replay state to what is still queued")
+    dr.add_argument("device")
+    dr.add_argument("--config", required=True)
+    dr.add_argument("--yes", action="store_true", help="really do it")
+    dr.set_defaults(fn=cmd_device_reset_seq)
+    op = sub.add_parser("ota", help="firmware bundles for the nodes")
+    osub = op.add_subparsers(dest="ocmd", required=True)
+    push = osub.add_parser("push", help="cache a bundle (.csb) and offer it to a device")
+    push.add_argument("file", help="the bundle, from `citysense-cloud release build`")
+    push.add_argument("--device", required=True, help="the device id to update")
+    push.add_argument("--config", required=True)
+    push.set_defaults(fn=cmd_ota_push)
     return p
 
 

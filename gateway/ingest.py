@@ -13,23 +13,46 @@ import serial_asyncio_fast
 from .config import SerialConfig
 from .pipeline import Pipeline
 from .protocol import FrameDecoder, ProtocolError
+from .ratelog import RateLimitedLog
 
 log = logging.getLogger("citysense.ingest")
 
 READ_CHUNK = 4096
 SCAN_INTERVAL = 1.0
+Ident = tuple[int, int, int]  # (st_dev, st_ino, st_rdev) of the device a port name leads to
+MAX_WRITE_BUFFER = 16 * 1024
+"""Bytes a port may have waiting to be written. A peer that does not read (a wedged
+node, a hostile one flooding HELLOs to make us answer) would otherwise grow the buffer
+without bound; beyond it, frames for that port are dropped and counted. ACK, NACK and
+TIME are all repeatable: a node retransmits until it hears an answer."""
 
 
 class SerialLink:
     """The write side of one open port (a `Link` for the pipeline)."""
 
-    def __init__(self, name: str, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, name: str, writer: asyncio.StreamWriter, rlog: RateLimitedLog | None = None
+    ) -> None:
         self.name = name
         self._writer = writer
+        self._rlog = rlog or RateLimitedLog(log)
         self.closed = False
+        self.dropped = 0  # frames not written: the port's write buffer was full
 
     def send(self, data: bytes) -> None:
         if self.closed:
+            return
+        buffered = self._writer.transport.get_write_buffer_size()
+        if buffered + len(data) > MAX_WRITE_BUFFER:
+            self.dropped += 1
+            self._rlog.warning(
+                f"write-full:{self.name}",
+                "event=port-write-dropped port=%s buffered=%d dropped=%d detail=%s",
+                self.name,
+                buffered,
+                self.dropped,
+                "the peer is not reading: frames to it are dropped until it does",
+            )
             return
         try:
             self._writer.write(data)
@@ -52,17 +75,20 @@ class SerialIngest:
         self.started = asyncio.Event()
         self._stopping = False
         self.missing: set[str] = set()  # configured ports/globs that match no device now
+        self.idents: dict[str, Ident] = {}  # path -> the device it led to when opened
 
-    def matching(self) -> dict[str, int]:
-        found: dict[str, int] = {}
+    def matching(self) -> dict[str, tuple[int, Ident]]:
+        """Every configured path that names a device now: its baud and the device's identity."""
+        found: dict[str, tuple[int, Ident]] = {}
         for p in self.ports:
             paths = sorted(glob.glob(p.port)) if glob.has_magic(p.port) else [p.port]
             hit = False
             for path in paths:
-                if _exists(path):
+                ident = _ident(path)
+                if ident is not None:
                     hit = True
                     if path not in found:
-                        found[path] = p.baud
+                        found[path] = (p.baud, ident)
             # said once when a configured port is (or goes) missing, not every scan;
             # the gateway keeps scanning and opens it when it appears (hot-plug)
             if not hit and p.port not in self.missing:
@@ -82,16 +108,42 @@ class SerialIngest:
             async with asyncio.TaskGroup() as tg:
                 while True:
                     self.heartbeat = time.monotonic()
-                    for path, baud in self.matching().items():
-                        task = self.open_ports.get(path)
-                        if task is None or task.done():
-                            self.open_ports[path] = tg.create_task(
-                                self._port(path, baud), name=f"serial:{path}"
-                            )
+                    self._scan(tg)
                     self.started.set()
                     await asyncio.sleep(SCAN_INTERVAL)
         finally:
             self._stopping = True
+
+    def _scan(self, tg: asyncio.TaskGroup) -> None:
+        """Open what is new. A device is read by one reader only: two readers of one tty
+        split its bytes between them and each sees broken frames, so a second name for an
+        open device (`/dev/ttyUSB*` and `/dev/serial/by-id/*` both configured, a stale
+        symlink to a reused pty) is not opened; a name that now leads to another device
+        than the one open under it (a symlink re-pointed) is closed and opened again."""
+        found = self.matching()
+        live = {p: self.idents[p] for p, t in self.open_ports.items() if not t.done()}
+        for path, (baud, ident) in found.items():
+            if path in live:
+                if live[path] != ident:
+                    log.warning(
+                        "event=port-moved port=%s detail=the name leads to another device"
+                        " now: closing the old one and opening it again",
+                        path,
+                    )
+                    self.open_ports[path].cancel()
+                continue
+            twin = next((p for p, i in live.items() if i == ident), None)
+            if twin is not None:
+                self.pipeline.rlog.warning(
+                    f"twin:{path}",
+                    "event=port-duplicate port=%s same_as=%s detail=one device under two"
+                    " names: read through the first only (check the [[serial]] ports)",
+                    path,
+                    twin,
+                )
+                continue
+            self.idents[path] = live[path] = ident
+            self.open_ports[path] = tg.create_task(self._port(path, baud), name=f"serial:{path}")
 
     async def _port(self, path: str, baud: int) -> None:
         try:
@@ -103,7 +155,7 @@ class SerialIngest:
                 f"open:{path}", "event=port-open-failed port=%s error=%s", path, exc
             )
             return
-        link = SerialLink(path, writer)
+        link = SerialLink(path, writer, self.pipeline.rlog)
         self.links[path] = link
         log.info("event=port-open port=%s baud=%d", path, baud)
         decoder = FrameDecoder()
@@ -120,9 +172,7 @@ class SerialIngest:
         finally:
             link.closed = True
             self.links.pop(path, None)
-            for dev in self.pipeline.devices.values():
-                if dev.link is link:
-                    dev.link = None
+            self.pipeline.routes.port_closed(link)
             try:
                 writer.close()
             except Exception:
@@ -140,9 +190,10 @@ class SerialIngest:
             await self.pipeline.handle(link, frame)
 
 
-def _exists(path: str) -> bool:
+def _ident(path: str) -> Ident | None:
+    """The device a path leads to (symlinks followed), or None if it leads nowhere."""
     try:
-        os.stat(path)
+        st = os.stat(path)
     except OSError:
-        return False
-    return True
+        return None
+    return (st.st_dev, st.st_ino, st.st_rdev)

@@ -1,34 +1,135 @@
-"""Counters and gauges, and a tiny asyncio HTTP server that serves them as Prometheus text."""
+"""The gateway's counters and gauges, exposed in the Prometheus text format by prometheus-client.
+
+Counting stays plain Python on the hot path: `metrics.accepted += n`,
+`metrics.rejected[reason] += 1`. A counter is declared by one line in `Metrics` (a family
+descriptor naming the metric), and a private `CollectorRegistry` reads every declared
+family when /metrics is scraped. Nothing is registered in prometheus-client's global
+registry, so several `Metrics` (tests, two agents in one process) never collide.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any, overload
 
-log = logging.getLogger("citysense.metrics")
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
 
 
+class _Family:
+    """A metric declared on `Metrics`; the value lives in the instance's own __dict__."""
+
+    kind = "counter"
+
+    def __init__(self, name: str, help_: str) -> None:
+        self.name = name
+        self.help = help_
+        self.attr = ""
+
+    def __set_name__(self, owner: type, attr: str) -> None:
+        self.attr = attr
+
+    def family(self, value: Any) -> Metric:
+        cls = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
+        return cls(self.name, self.help, value=value)
+
+
+class Count(_Family):
+    """`metrics.x += n`: an int counter (no __set__, so after the first write the attribute
+    is an ordinary instance attribute and costs nothing to update)."""
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> Count: ...
+    @overload
+    def __get__(self, obj: object, owner: type) -> int: ...
+    def __get__(self, obj: object | None, owner: type) -> Count | int:
+        return self if obj is None else 0
+
+
+class Level(Count):
+    """`metrics.x = v`: a gauge set by the code (e.g. 1 while connected)."""
+
+    kind = "gauge"
+
+
+class ByLabel(_Family):
+    """`metrics.x[label] += 1`: a counter family with one label."""
+
+    def __init__(self, name: str, label: str, help_: str) -> None:
+        super().__init__(name, help_)
+        self.label = label
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> ByLabel: ...
+    @overload
+    def __get__(self, obj: object, owner: type) -> defaultdict[str, int]: ...
+    def __get__(self, obj: object | None, owner: type) -> ByLabel | defaultdict[str, int]:
+        if obj is None:
+            return self
+        value: defaultdict[str, int] = defaultdict(int)
+        obj.__dict__[self.attr] = value
+        return value
+
+    def family(self, value: Any) -> Metric:
+        fam = CounterMetricFamily(self.name, self.help, labels=[self.label])
+        for key, n in sorted(dict(value).items()):
+            fam.add_metric([key], n)
+        return fam
+
+
 class Metrics:
+    """Every metric of the gateway. To add one, add one line here (a Count, Level or
+    ByLabel with its Prometheus name); it is exported and shown on the status page."""
+
+    frames = ByLabel("citysense_frames_total", "type", "Frames decoded from serial, by type.")
+    frame_errors = ByLabel(
+        "citysense_frame_errors_total", "reason", "Bad frames dropped, by reason."
+    )
+    hello_errors = ByLabel(
+        "citysense_hello_errors_total", "reason", "HELLO frames with a bad body."
+    )
+    accepted = Count("citysense_records_accepted_total", "Records stored and ACKed.")
+    duplicates = Count("citysense_records_duplicate_total", "Duplicates ACKed again.")
+    rejected = ByLabel("citysense_records_rejected_total", "reason", "Records NACKed, by reason.")
+    published = Count("citysense_records_published_total", "Records PUBACKed by the broker.")
+    publish_errors = Count(
+        "citysense_publish_errors_total", "Publishes that failed (MQTT error or no PUBACK)."
+    )
+    commands = ByLabel("citysense_commands_total", "outcome", "Downlink commands, by outcome.")
+    registry_updates = ByLabel("citysense_registry_updates_total", "outcome", "Registry updates.")
+    ota_bundles = ByLabel(
+        "citysense_ota_bundles_total", "outcome", "Bundles from the broker: accepted or why not."
+    )
+    queue_corrupt = Count("citysense_queue_corrupt_total", "Corrupt databases moved aside.")
+    uplink_connected = Level("citysense_uplink_connected", "1 while connected to the broker.")
+    publish_refused = ByLabel(
+        "citysense_publish_refused_total",
+        "reason",
+        "Publishes refused (PUBACK reason >= 0x80, or the client would not send), by reason.",
+    )
+    disk_written = Count(
+        "citysense_disk_written_bytes_total",
+        "Bytes the agent made the kernel write to storage (/proc/self/io), the SD card's wear.",
+    )
+    task_failures = ByLabel(
+        "citysense_task_failures_total", "task", "Unexpected exceptions, by task."
+    )
+
     def __init__(self) -> None:
-        self.frames: dict[str, int] = defaultdict(int)  # by frame type name
-        self.frame_errors: dict[str, int] = defaultdict(int)  # by reason
-        self.hello_errors: dict[str, int] = defaultdict(int)  # HELLO bodies, by reason
-        self.accepted = 0
-        self.duplicates = 0
-        self.rejected: dict[str, int] = defaultdict(int)  # by NACK reason
-        self.published = 0
-        self.publish_errors = 0
-        self.commands: dict[str, int] = defaultdict(int)  # by outcome
-        self.queue_corrupt = 0
-        self.uplink_connected = 0
         self.latency_buckets = [0] * len(_BUCKETS)
         self.latency_sum = 0.0
         self.latency_count = 0
         self.gauges: dict[str, Callable[[], float]] = {}
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)  # a prometheus-client custom collector: collect()
 
     def observe_publish(self, seconds: float) -> None:
         for i, bound in enumerate(_BUCKETS):
@@ -37,75 +138,38 @@ class Metrics:
         self.latency_sum += seconds
         self.latency_count += 1
 
-    def render(self) -> str:
-        out: list[str] = []
+    @classmethod
+    def declared(cls) -> list[_Family]:
+        """Every family declared on the class (and subclasses), in declaration order."""
+        out: list[_Family] = []
+        for klass in reversed(cls.__mro__):
+            out.extend(v for v in vars(klass).values() if isinstance(v, _Family))
+        return out
 
-        def family(name: str, kind: str, help_: str) -> None:
-            out.append(f"# HELP {name} {help_}")
-            out.append(f"# TYPE {name} {kind}")
+    def values(self) -> dict[str, int | dict[str, int]]:
+        """Current values by attribute name (labelled ones as {label: n}), for the page."""
+        out: dict[str, int | dict[str, int]] = {}
+        for fam in self.declared():
+            value = getattr(self, fam.attr)
+            out[fam.attr] = dict(value) if isinstance(fam, ByLabel) else int(value)
+        return out
 
-        family("citysense_frames_total", "counter", "Frames decoded from serial, by type.")
-        for k, v in sorted(self.frames.items()):
-            out.append(f'citysense_frames_total{{type="{k}"}} {v}')
-        family("citysense_frame_errors_total", "counter", "Bad frames dropped, by reason.")
-        for k, v in sorted(self.frame_errors.items()):
-            out.append(f'citysense_frame_errors_total{{reason="{k}"}} {v}')
-        family("citysense_hello_errors_total", "counter", "HELLO frames with a bad body.")
-        for k, v in sorted(self.hello_errors.items()):
-            out.append(f'citysense_hello_errors_total{{reason="{k}"}} {v}')
-        family("citysense_records_accepted_total", "counter", "Records stored and ACKed.")
-        out.append(f"citysense_records_accepted_total {self.accepted}")
-        family("citysense_records_duplicate_total", "counter", "Duplicates ACKed again.")
-        out.append(f"citysense_records_duplicate_total {self.duplicates}")
-        family("citysense_records_rejected_total", "counter", "Records NACKed, by reason.")
-        for k, v in sorted(self.rejected.items()):
-            out.append(f'citysense_records_rejected_total{{reason="{k}"}} {v}')
-        family("citysense_records_published_total", "counter", "Records PUBACKed by the broker.")
-        out.append(f"citysense_records_published_total {self.published}")
-        family("citysense_commands_total", "counter", "Downlink commands, by outcome.")
-        for k, v in sorted(self.commands.items()):
-            out.append(f'citysense_commands_total{{outcome="{k}"}} {v}')
-        family("citysense_queue_corrupt_total", "counter", "Corrupt databases moved aside.")
-        out.append(f"citysense_queue_corrupt_total {self.queue_corrupt}")
-        family("citysense_uplink_connected", "gauge", "1 while connected to the broker.")
-        out.append(f"citysense_uplink_connected {self.uplink_connected}")
+    def collect(self) -> Iterator[Metric]:
+        for fam in self.declared():
+            yield fam.family(getattr(self, fam.attr))
         for name, fn in sorted(self.gauges.items()):
-            family(name, "gauge", name.replace("_", " "))
-            out.append(f"{name} {fn():g}")
-        name = "citysense_publish_latency_seconds"
-        family(name, "histogram", "Queue insert to PUBACK.")
-        for bound, count in zip(_BUCKETS, self.latency_buckets, strict=True):
-            le = "+Inf" if bound == float("inf") else f"{bound:g}"
-            out.append(f'{name}_bucket{{le="{le}"}} {count}')
-        out.append(f"{name}_sum {self.latency_sum:.6f}")
-        out.append(f"{name}_count {self.latency_count}")
-        return "\n".join(out) + "\n"
+            yield GaugeMetricFamily(name, name.replace("_", " "), value=fn())
+        buckets = [  # latency_buckets are cumulative already, as the exposition wants
+            ("+Inf" if bound == float("inf") else f"{bound:g}", float(count))
+            for bound, count in zip(_BUCKETS, self.latency_buckets, strict=True)
+        ]
+        yield HistogramMetricFamily(
+            "citysense_publish_latency_seconds",
+            "Queue insert to PUBACK.",
+            buckets=buckets,
+            sum_value=self.latency_sum,
+        )
 
-
-async def serve_metrics(metrics: Metrics, host: str, port: int) -> asyncio.Server:
-    """GET /metrics -> text; anything else 404. One request per connection."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            line = await asyncio.wait_for(reader.readline(), 5)
-            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-                pass
-            parts = line.decode("latin-1").split()
-            if len(parts) >= 2 and parts[0] == "GET" and parts[1].split("?")[0] == "/metrics":
-                body = metrics.render().encode()
-                head = "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
-            else:
-                body = b"not found\n"
-                head = "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\n"
-            writer.write(
-                f"{head}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
-            )
-            await writer.drain()
-        except (TimeoutError, OSError, UnicodeDecodeError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(handle, host, port)
-    log.info("event=metrics-listening host=%s port=%d", host, port)
-    return server
+    def render(self) -> str:
+        """The Prometheus text exposition (format 0.0.4)."""
+        return generate_latest(self.registry).decode()

@@ -1,35 +1,96 @@
-"""MQTT uplink: forward queued records (QoS 1, windowed), status, commands down."""
+"""MQTT uplink: forward queued records (QoS 1, windowed), status, commands down.
+
+Delivery rule (DESIGN.md, delivery contract 5): a record leaves the queue only after a
+PUBACK whose reason code is below 0x80. A refused one (the broker's ACL, a quota; or a
+topic the client will not send) stays queued, is counted by reason, logged (rate-limited)
+with what to check, and retried on its own backoff (gateway/backoff.py) while the rest of
+the queue flows. The protocol version is only ever the configured one.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
-import random
 import ssl
 import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import aiomqtt
 from paho.mqtt.properties import Properties
 
+from .backoff import Backoff, RetrySchedule
 from .config import UplinkConfig
+from .logsafe import esc
 from .metrics import Metrics
+from .mqttclient import (
+    CLIENT_REFUSED,
+    DEFAULT_HINT,
+    REFUSAL_HINTS,
+    AckedClient,
+    is_refused,
+    refusal_label,
+    wait_ack,
+)
 from .mqttprops import RecordProperties
 from .pipeline import Pipeline
-from .protocol import FrameType, ProtocolError, decode_command, encode_frame
-from .queue import QueuedRecord
+from .protocol import FrameType, ProtocolError, check_command, encode_frame, gateway_refusal
+from .queue import QueuedRecord, QueueFullError
+from .ratelog import RateLimitedLog
+from .registry_sync import RegistrySync
 
 log = logging.getLogger("citysense.uplink")
 
 CONTENT_TYPE = 'application/cose; cose-type="cose-sign1"'
-BACKOFF_MIN = 0.5
-# Reconnect delay: 0.5 s doubling to 15 s, each drawn from [d/2, d] (jitter spreads a
-# fleet's reconnects after a broker restart). The cap bounds how long a queue that
-# built up during an outage waits after the broker is back: with 60 s, a 60 s outage
-# cost 33 s more before the drain began (docs/benchmarks.md).
-BACKOFF_MAX = 15.0
+PROTOCOLS = {"5": aiomqtt.ProtocolVersion.V5, "3.1.1": aiomqtt.ProtocolVersion.V311}
 _V5_REFUSED = {1, 132}  # 3.1.1 "unacceptable protocol version"; v5 "Unsupported Protocol Version"
+DELETE_EVERY_S = 1.0
+"""PUBACKed records are deleted in one transaction at most this often (or as soon as
+4 x window of them wait): each delete is a commit with its own WAL pages and fsync, and
+one per idle moment, i.e. one per record or two at 200 records/s, was as much as the
+inserts. A kill -9 publishes the records PUBACKed in the last second again (consumers
+dedupe by (device_id, seq); DESIGN.md, delivery contract 3)."""
+PUBACK_WAIT_S = 30.0
+"""A record publish without a PUBACK for this long ends the session (reconnect)."""
+RESULT_ATTEMPTS = 8
+"""A COMMAND_RESULT the broker refuses this many times is dropped (and counted)."""
+PROTOCOL_HINT = (
+    "the broker did not accept an MQTT 5 CONNECT; if it speaks only MQTT 3.1.1 set [uplink] "
+    'protocol = "3.1.1" (a publish its ACL denies is then acknowledged and lost: '
+    "see docs/troubleshooting.md)"
+)
+PROTOCOL_311_COST = (
+    "MQTT 3.1.1 has no PUBACK reason codes: a broker that denies a publish still "
+    "acknowledges it and drops it, so a wrong ACL or certificate loses records silently; "
+    'use protocol = "5" unless the broker cannot speak it'
+)
+
+
+class Receiver(Protocol):
+    def handles(self, topic: str) -> bool: ...
+    async def subscribe(self, client: Any) -> None: ...
+    async def receive(self, client: Any, payload: object) -> object: ...
+
+
+@dataclass
+class _Flight:
+    """One session's record publishes awaiting their PUBACK."""
+
+    window: asyncio.Semaphore
+    sent: dict[asyncio.Future[int], float] = field(default_factory=dict)  # -> sent at
+    lost: aiomqtt.MqttError | None = None  # a publish of this session failed
+
+    def check(self, metrics: Metrics) -> None:
+        """End the session (MqttError) if a publish failed or its PUBACK is overdue."""
+        if self.lost is not None:
+            raise self.lost
+        oldest = next(iter(self.sent.values()), None)  # dicts keep insertion order
+        if oldest is not None and time.monotonic() - oldest > PUBACK_WAIT_S:
+            metrics.publish_errors += 1
+            raise aiomqtt.MqttError("Operation timed out (no PUBACK)")
 
 
 def topic_records(gw: str, device: str) -> str:
@@ -48,25 +109,40 @@ class Uplink:
         self.cfg = cfg
         self.gw = gateway_id
         self.pipeline = pipeline
-        self.queue = pipeline.queue
+        self.store = pipeline.store
         self.metrics = metrics
         self.operator_key = operator_key
         self.state = "starting"
-        self.protocol = aiomqtt.ProtocolVersion.V5
+        self.protocol = PROTOCOLS[cfg.protocol]
         self.heartbeat = time.monotonic()
         self.last_error: str | None = None
-        self.results: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=1000)
-        self._result: tuple[str, bytes] | None = None  # taken from results, not yet PUBACKed
+        self.results: asyncio.Queue[tuple[str, bytes, int]] = asyncio.Queue(maxsize=1000)
+        self._result: tuple[str, bytes, int] | None = None  # taken, not yet PUBACKed
         self._done: list[QueuedRecord] = []
+        self._flushed_at = 0.0  # monotonic time of the last delete of PUBACKed records
         self.connected_since: float | None = None
-        self._proven = False  # a connection has succeeded with self.protocol
+        self.backoff = Backoff()
+        self.retry: RetrySchedule[QueuedRecord] = RetrySchedule(limit=4 * cfg.window)
+        self.refused = 0
+        self.last_refusal: dict[str, object] | None = None
+        self.rlog = RateLimitedLog(log, interval=10.0)
+        self._results_backoff = Backoff(minimum=1.0, cap=60.0)  # consecutive refusals
+        self._results_after = 0.0  # monotonic time before which no result is published
+        state_dir = pipeline.store.queue.path.parent  # the queue lives in the state dir
+        self.registry_sync = RegistrySync(
+            gateway_id, pipeline.registry.directory, state_dir, metrics, operator_key
+        )
+        self.receivers: list[Receiver] = []
+        """Other subscriptions (the OTA bundles): subscribed each session, handed their
+        messages; added by the agent."""
 
     def publish_result(self, device: str, body: bytes) -> None:
         """COMMAND_RESULT bytes to send up: held in memory (up to 1000) while the broker is
-        unreachable, published at least once when it is back; not kept across a
-        gateway restart (results are best effort end to end: the node sends each once)."""
+        unreachable, published at least once when it is back; one the broker refuses is
+        retried with backoff, up to RESULT_ATTEMPTS times; not kept across a gateway
+        restart (results are best effort end to end: the node sends each once)."""
         try:
-            self.results.put_nowait((device, body))
+            self.results.put_nowait((device, body, 0))
         except asyncio.QueueFull:
             self.metrics.commands["result-dropped"] += 1
 
@@ -88,8 +164,8 @@ class Uplink:
             separators=(",", ":"),
         ).encode()
 
-    def _client(self) -> aiomqtt.Client:
-        client = aiomqtt.Client(
+    def _client(self) -> AckedClient:
+        client = AckedClient(
             self.cfg.host,
             self.cfg.port,
             identifier=self.cfg.client_id,
@@ -108,15 +184,18 @@ class Uplink:
         return client
 
     async def run(self) -> None:
-        backoff = BACKOFF_MIN
+        """Connect, run a session; after any connection failure wait `backoff` and retry,
+        always with the configured protocol version (never a fallback)."""
+        if self.protocol == aiomqtt.ProtocolVersion.V311:
+            log.warning("event=uplink-protocol-311 cost='%s'", PROTOCOL_311_COST)
         while True:
             self.heartbeat = time.monotonic()
             try:
                 self.state = "connecting"
                 async with self._client() as client:
                     self.state = "connected"
-                    self._proven = True
                     self.connected_since = time.time()
+                    self.backoff.connected(time.monotonic())
                     self.metrics.uplink_connected = 1
                     log.info(
                         "event=uplink-connected host=%s port=%d protocol=%s",
@@ -124,46 +203,49 @@ class Uplink:
                         self.cfg.port,
                         self.protocol.name,
                     )
-                    backoff = BACKOFF_MIN
                     await self._session(client)
             except aiomqtt.MqttError as exc:
-                self.last_error = str(exc)
-                rc = getattr(exc, "rc", None)
-                code = getattr(rc, "value", rc)
-                if (
-                    self.state == "connecting"
-                    and not self._proven
-                    and (
-                        code in _V5_REFUSED
-                        or self.protocol == aiomqtt.ProtocolVersion.V311
-                        or code is None
-                    )
-                ):
-                    # the broker answered TCP but not our CONNECT: try the other version
-                    # (until one has worked once; then keep it)
-                    self.protocol = (
-                        aiomqtt.ProtocolVersion.V311
-                        if self.protocol == aiomqtt.ProtocolVersion.V5
-                        else aiomqtt.ProtocolVersion.V5
-                    )
-                    log.warning(
-                        "event=uplink-protocol-fallback protocol=%s error=%s",
-                        self.protocol.name,
-                        exc,
-                    )
-                    if self.protocol == aiomqtt.ProtocolVersion.V311:
-                        continue
-                log.warning("event=uplink-lost error=%s retry_in=%.1fs", exc, backoff)
+                self._failed(exc, connecting=self.state == "connecting")
             except (OSError, ssl.SSLError) as exc:
-                self.last_error = str(exc)
-                log.warning("event=uplink-lost error=%s retry_in=%.1fs", exc, backoff)
+                self._failed(exc, connecting=False)
             finally:
+                self.backoff.lost(time.monotonic())
                 self.metrics.uplink_connected = 0
                 self.connected_since = None
                 await self._flush_done()
             self.state = "disconnected"
-            await self._sleep_beating(backoff * random.uniform(0.5, 1.0))
-            backoff = min(backoff * 2, BACKOFF_MAX)
+            delay = self.backoff.next_delay(time.monotonic())
+            log.warning("event=uplink-lost error=%s retry_in=%.2fs", self.last_error, delay)
+            await self._sleep_beating(delay)
+
+    def _failed(self, exc: Exception, *, connecting: bool) -> None:
+        self.last_error = str(exc)
+        if not connecting or self.protocol != aiomqtt.ProtocolVersion.V5:
+            return
+        rc = getattr(exc, "rc", None)
+        code = getattr(rc, "value", rc)
+        if code in _V5_REFUSED:
+            self.last_error = f"{exc}: MQTT 5 refused, set [uplink] protocol explicitly"
+            self.rlog.log(
+                logging.ERROR,
+                "protocol-refused",
+                "event=uplink-protocol-refused protocol=5 error=%s action='%s'",
+                exc,
+                PROTOCOL_HINT,
+            )
+        elif code is None and "timed out" in str(exc):
+            # no CONNACK in time: a slow broker, or one that ignores an MQTT 5 CONNECT
+            self.last_error = (
+                f"{exc}: no answer to MQTT 5 CONNECT, if the broker speaks only 3.1.1 "
+                "set [uplink] protocol explicitly"
+            )
+            self.rlog.log(
+                logging.WARNING,
+                "connect-no-answer",
+                "event=uplink-connect-no-answer protocol=5 error=%s action='%s'",
+                exc,
+                PROTOCOL_HINT,
+            )
 
     async def _sleep_beating(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -171,10 +253,19 @@ class Uplink:
             self.heartbeat = time.monotonic()
             await asyncio.sleep(min(left, 1.0))
 
-    async def _session(self, client: aiomqtt.Client) -> None:
-        await client.publish(f"citysense/v1/{self.gw}/status", self._status(True), 1, True)
+    async def _publish_status(self, client: AckedClient, online: bool) -> None:
+        topic = f"citysense/v1/{self.gw}/status"
+        code = await client.publish_acked(topic, self._status(online), retain=True, wait_s=10)
+        if is_refused(code):
+            self._log_refusal(refusal_label(code), topic, f"PUBACK 0x{code:02x}", "status")
+
+    async def _session(self, client: AckedClient) -> None:
+        await self._publish_status(client, True)
         if self.operator_key is not None:
             await client.subscribe(f"citysense/v1/{self.gw}/+/commands", qos=1)
+            await self.registry_sync.subscribe(client)
+        for receiver in self.receivers:
+            await receiver.subscribe(client)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._publisher(client), name="uplink-publisher")
@@ -184,11 +275,8 @@ class Uplink:
             raise first_leaf(eg) from eg
         except asyncio.CancelledError:
             # a clean disconnect does not fire the last will: say offline ourselves
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(
-                    client.publish(f"citysense/v1/{self.gw}/status", self._status(False), 1, True),
-                    2.0,
-                )
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                await asyncio.wait_for(self._publish_status(client, False), 2.0)
             raise
 
     def _properties(self, rec: QueuedRecord) -> Properties | None:
@@ -201,72 +289,227 @@ class Uplink:
                 user.append(("resolved-time", ",".join(f"{t:.3f}" for t in resolved)))
         return RecordProperties(CONTENT_TYPE, user)
 
-    async def _publisher(self, client: aiomqtt.Client) -> None:
-        window = asyncio.Semaphore(self.cfg.window)
+    async def _publisher(self, client: AckedClient) -> None:
+        """Stream the queue from its head: refused records come back from `self.retry`
+        when due; new rows are taken only while the retry schedule has room. No task per
+        record: a publish is handed to paho and its PUBACK handled by a done-callback
+        (`_sent`); the loop ends the session when one failed or waited PUBACK_WAIT_S."""
+        flight = _Flight(asyncio.Semaphore(self.cfg.window))
         cursor = 0
-        async with asyncio.TaskGroup() as tg:
-            while True:
-                self.heartbeat = time.monotonic()
-                rows = await self.pipeline.run_db(self.queue.peek, cursor, 4 * self.cfg.window)
-                if not rows:
-                    await self._flush_done()
-                    self.pipeline.stored_event.clear()
-                    try:
-                        await asyncio.wait_for(self.pipeline.stored_event.wait(), 0.5)
-                    except TimeoutError:
-                        pass
-                    continue
-                for rec in rows:
-                    while True:
-                        try:
-                            await asyncio.wait_for(window.acquire(), 1.0)
-                            break
-                        except TimeoutError:
-                            self.heartbeat = time.monotonic()
-                            await self._flush_done()
-                    tg.create_task(self._publish_one(client, rec, window))
-                    cursor = rec.id
-                if len(self._done) >= 4 * self.cfg.window:
-                    await self._flush_done()  # one delete transaction for many PUBACKs
+        self.retry.release_all(time.monotonic())
+        while True:
+            # let the other session tasks go first: a free window slot is taken without
+            # yielding, and a broker that closes the connection after a refused record
+            # (Mosquitto 2.0.11) would otherwise cut off a command result every time
+            await asyncio.sleep(0)
+            self.heartbeat = time.monotonic()
+            flight.check(self.metrics)
+            for rec in self.retry.take_due(time.monotonic()):
+                await self._acquire(flight.window)
+                self._send(client, rec, flight)
+            rows = []
+            if not self.retry.full:
+                rows = await self.store.peek(cursor, 4 * self.cfg.window)
+            if not rows:
+                await self._idle()
+                continue
+            for rec in rows:
+                cursor = rec.id
+                if rec.id in self.retry:
+                    continue  # refused before: it goes when its backoff says
+                await self._acquire(flight.window)
+                self._send(client, rec, flight)
+            if len(self._done) >= 4 * self.cfg.window:
+                await self._flush_done()  # one delete transaction for many PUBACKs
 
-    async def _publish_one(
-        self, client: aiomqtt.Client, rec: QueuedRecord, window: asyncio.Semaphore
-    ) -> None:
+    async def _acquire(self, window: asyncio.Semaphore) -> None:
+        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+        # arrives as the semaphore is granted, and the publisher would then create a task
+        # in a TaskGroup that is shutting down (RuntimeError)
+        while True:
+            try:
+                async with asyncio.timeout(1.0):
+                    await window.acquire()
+                return
+            except TimeoutError:
+                self.heartbeat = time.monotonic()
+                await self._flush_done()
+
+    async def _idle(self) -> None:
+        """Nothing to send now: delete what was PUBACKed if DELETE_EVERY_S has passed,
+        then wait for a new record, the next retry, the next delete, or 0.5 s, whichever
+        comes first."""
+        flush_at = self._flushed_at + DELETE_EVERY_S
+        if self._done and time.monotonic() >= flush_at:
+            await self._flush_done()
+        wait = 0.5
+        if self._done:
+            wait = min(wait, flush_at - time.monotonic())
+        due = self.retry.next_due()
+        if due is not None:
+            wait = min(wait, due - time.monotonic())
+        wait = max(0.0, wait)
+        self.store.stored_event.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await self.store.stored_event.wait()
+
+    def _send(self, client: AckedClient, rec: QueuedRecord, flight: _Flight) -> None:
+        """Publish one record (a window slot is held); the outcome goes to `_sent`."""
+        window = flight.window
+        flight.check(self.metrics)  # the connection may have gone while we waited
+        topic = topic_records(self.gw, rec.device_id)
         try:
-            await client.publish(
-                topic_records(self.gw, rec.device_id),
-                rec.data,
-                qos=1,
-                properties=self._properties(rec),
-                timeout=30,
-            )
-        except aiomqtt.MqttError:
-            self.metrics.publish_errors += 1
-            raise
-        finally:
+            fut = client.publish_future(topic, rec.data, qos=1, properties=self._properties(rec))
+        except ValueError as exc:  # paho would not build it: keep it, let the rest flow
             window.release()
+            self._refused(rec, CLIENT_REFUSED, topic, str(exc))
+            return
+        except aiomqtt.MqttError:
+            window.release()
+            self.metrics.publish_errors += 1
+            self.retry.release(rec.id, time.monotonic())
+            raise
+        flight.sent[fut] = time.monotonic()
+        # the outcome is handled when the PUBACK arrives, also after the session ended
+        # (the broker may close the connection right after a refusing PUBACK)
+        fut.add_done_callback(functools.partial(self._sent, rec, topic, flight))
+
+    def _sent(
+        self, rec: QueuedRecord, topic: str, flight: _Flight, fut: asyncio.Future[int]
+    ) -> None:
+        flight.sent.pop(fut, None)
+        flight.window.release()
+        exc = None if fut.cancelled() else fut.exception()
+        if isinstance(exc, aiomqtt.MqttError):
+            self.metrics.publish_errors += 1
+            if flight.lost is None:
+                flight.lost = exc  # ends this session, never a later one
+        self._record_outcome(rec, topic, fut)
+
+    def _record_outcome(self, rec: QueuedRecord, topic: str, fut: asyncio.Future[int]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            self.retry.release(rec.id, time.monotonic())  # not sent: due again at once
+            return
+        code = fut.result()
+        if is_refused(code, require_subscriber=self.cfg.require_subscriber):
+            self._refused(rec, refusal_label(code), topic, f"PUBACK 0x{code:02x}")
+            return
+        self.retry.done(rec.id)
         self.metrics.published += 1
         self.metrics.observe_publish(max(0.0, time.time() - rec.received_ms / 1000))
         self._done.append(rec)
 
+    def _refused(self, rec: QueuedRecord, label: str, topic: str, detail: str) -> None:
+        delay = self.retry.failed(rec.id, rec, time.monotonic())
+        self._log_refusal(label, topic, detail, f"record seq={rec.seq} retry_in={delay:.1f}s")
+
+    def _log_refusal(self, label: str, topic: str, detail: str, what: str) -> None:
+        self.metrics.publish_refused[label] += 1
+        self.refused += 1
+        self.last_refusal = {"reason": label, "topic": esc(topic), "at": time.time()}
+        hint = REFUSAL_HINTS.get(label, DEFAULT_HINT)
+        if label == "not-authorized":
+            hint += f" ({self.gw})"
+        self.rlog.log(
+            logging.ERROR,
+            f"refused:{label}:{topic.rsplit('/', 1)[-1]}",  # per kind: records, status...
+            "event=publish-refused reason=%s topic=%s detail=%s %s kept=yes action='%s'",
+            label,
+            esc(topic),
+            esc(detail),
+            what,
+            hint,
+        )
+
     async def _flush_done(self) -> None:
+        """Delete PUBACKed records. A disk too full even for that (after the queue's
+        reserve) keeps them listed for the next flush: they are not published again
+        meanwhile in this session, and a restart republishes them (consumers dedupe)."""
         if not self._done:
             return
+        self._flushed_at = time.monotonic()
         done, self._done = self._done, []
-        await self.pipeline.run_db(self.queue.delete, [r.id for r in done])
+        try:
+            await self.store.delete([r.id for r in done])
+        except QueueFullError as exc:
+            self._done = done + self._done
+            self.rlog.log(
+                logging.ERROR,
+                "delete-full",
+                "event=delete-failed pending=%d error=%s action='free disk space in the "
+                "state directory'",
+                len(self._done),
+                exc,
+            )
 
-    async def _results(self, client: aiomqtt.Client) -> None:
-        """Publish COMMAND_RESULTs; one whose publish did not complete (the connection
-        dropped before the PUBACK) is kept and goes first on the next connection."""
+    async def _results(self, client: AckedClient) -> None:
+        """Publish COMMAND_RESULTs. One whose publish did not complete (the connection
+        dropped before the PUBACK) is kept and goes first on the next connection; one the
+        broker refuses goes to the back of the queue, results pause for a jittered backoff
+        (1 s doubling to 60 s, across reconnections), and it is dropped (counted, logged)
+        after RESULT_ATTEMPTS refusals."""
         while True:
+            wait = self._results_after - time.monotonic()
+            if wait > 0:  # after a refusal: the broker may close the connection for each
+                await self._sleep_beating(wait)
             if self._result is None:
                 self._result = await self.results.get()
-            device, body = self._result
-            await client.publish(f"citysense/v1/{self.gw}/{device}/command-results", body, qos=1)
+            item = self._result
+            device, body = item[0], item[1]
+            topic = f"citysense/v1/{self.gw}/{device}/command-results"
+            try:
+                fut = client.publish_future(topic, body, qos=1)
+            except ValueError as exc:
+                self._result_refused(item, topic, CLIENT_REFUSED, str(exc))
+                continue
+            fut.add_done_callback(functools.partial(self._result_outcome, item, topic))
+            await wait_ack(fut, 30)
+
+    def _result_outcome(
+        self, item: tuple[str, bytes, int], topic: str, fut: asyncio.Future[int]
+    ) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return  # stays self._result: first again on the next connection
+        code = fut.result()
+        if is_refused(code):
+            self._result_refused(item, topic, refusal_label(code), f"PUBACK 0x{code:02x}")
+        elif self._result is item:
             self._result = None
+            self._results_backoff = Backoff(minimum=1.0, cap=60.0)
+
+    def _result_refused(
+        self, item: tuple[str, bytes, int], topic: str, label: str, detail: str
+    ) -> None:
+        device, body, attempts = item
+        if self._result is item:
+            self._result = None
+        self._results_after = time.monotonic() + self._results_backoff.next_delay(0.0)
+        self._log_refusal(label, topic, detail, f"command-result attempt={attempts + 1}")
+        self._requeue_result(device, body, attempts + 1)
+
+    def _requeue_result(self, device: str, body: bytes, attempts: int) -> None:
+        if attempts < RESULT_ATTEMPTS:
+            with contextlib.suppress(asyncio.QueueFull):
+                self.results.put_nowait((device, body, attempts))
+                return
+        self.metrics.commands["result-dropped"] += 1
+        log.error(
+            "event=command-result-dropped device=%s attempts=%d action='%s'",
+            esc(device),
+            attempts,
+            "the broker kept refusing it: check its ACL for command-results",
+        )
 
     async def _commands(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
+            if self.registry_sync.handles(str(message.topic)):
+                await self.registry_sync.receive(message.payload)
+                continue
+            receiver = next((r for r in self.receivers if r.handles(str(message.topic))), None)
+            if receiver is not None:
+                await receiver.receive(client, message.payload)
+                continue
             parts = str(message.topic).split("/")
             payload = message.payload
             if len(parts) != 5 or not isinstance(payload, bytes | bytearray):
@@ -275,10 +518,12 @@ class Uplink:
             self.deliver_command(parts[3], bytes(payload))
 
     def deliver_command(self, device: str, payload: bytes) -> str:
-        """Check the operator signature and send the COMMAND to the node's current port."""
-        outcome = _check_command(self.operator_key, payload)
+        """Check the operator signature and the binding (gateway/protocol/commands.py),
+        send the COMMAND to the node's current port; refusals are published upwards."""
+        dev = self.pipeline.devices.get(device)
+        protocol = None if dev is None else dev.protocol
+        outcome = check_command(self.operator_key, payload, device, self.gw, protocol)
         if outcome == "ok":
-            dev = self.pipeline.devices.get(device)
             if dev is None or dev.link is None:
                 outcome = "no-route"
             else:
@@ -289,19 +534,11 @@ class Uplink:
                 else:
                     outcome = "delivered"
         self.metrics.commands[outcome] += 1
+        if outcome != "delivered":  # the gateway has no device key: an unsigned refusal
+            self.publish_result(device, gateway_refusal(payload, outcome, self.gw))
         level = logging.INFO if outcome == "delivered" else logging.WARNING
-        log.log(level, "event=command device=%s outcome=%s", device, outcome)
+        log.log(level, "event=command device=%s outcome=%s", esc(device), outcome)
         return outcome
-
-
-def _check_command(operator_key: bytes | None, payload: bytes) -> str:
-    if operator_key is None:
-        return "no-operator-key"
-    try:
-        decode_command(operator_key, payload)
-    except ProtocolError as exc:
-        return exc.reason
-    return "ok"
 
 
 def first_leaf(eg: BaseExceptionGroup[BaseException]) -> BaseException:

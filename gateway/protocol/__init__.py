@@ -1,12 +1,19 @@
-"""Protocol v1 core for the gateway: framing, messages, COSE_Sign1 records. No I/O."""
+"""Protocol v2 core for the gateway: framing, messages, COSE_Sign1 records. No I/O."""
 
 from .cobs import cobs_decode, cobs_encode
 from .commands import (
+    ACTIONS,
+    ANY_GATEWAY,
+    COMMAND_PROTOCOL,
     OPERATOR_KID,
+    REFUSALS,
     Command,
     CommandResult,
+    check_command,
     decode_command,
     decode_command_result,
+    decode_gateway_refusal,
+    gateway_refusal,
     sign_command,
     sign_command_result,
 )
@@ -31,6 +38,7 @@ from .frames import (
 )
 from .messages import (
     PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
     Hello,
     NackReason,
     decode_ack,
@@ -52,10 +60,15 @@ from .record import (
 )
 
 __all__ = [
+    "ACTIONS",
+    "ANY_GATEWAY",
+    "COMMAND_PROTOCOL",
     "MAX_ENCODED",
     "MAX_FRAME",
     "OPERATOR_KID",
     "PROTOCOL_VERSION",
+    "REFUSALS",
+    "SUPPORTED_VERSIONS",
     "TIME_BASE_BOOT",
     "TIME_BASE_UNIX",
     "Command",
@@ -74,12 +87,14 @@ __all__ = [
     "Sign1",
     "SignatureError",
     "UnknownFrameTypeError",
+    "check_command",
     "cobs_decode",
     "cobs_encode",
     "decode_ack",
     "decode_command",
     "decode_command_result",
     "decode_frame",
+    "decode_gateway_refusal",
     "decode_hello",
     "decode_nack",
     "decode_record_payload",
@@ -90,6 +105,7 @@ __all__ = [
     "encode_nack",
     "encode_record_payload",
     "encode_time",
+    "gateway_refusal",
     "parse_sign1",
     "resolve_times",
     "sig_structure",

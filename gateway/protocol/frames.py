@@ -33,6 +33,9 @@ class FrameType(IntEnum):
     TIME = 0x05
     COMMAND = 0x06
     COMMAND_RESULT = 0x07
+    OTA_OFFER = 0x08
+    OTA_GET = 0x09
+    OTA_CHUNK = 0x0A
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,10 @@ from typing import Final
 from .cbor import dumps, get_text, get_uint, loads_strict, require_map
 from .errors import MalformedError, ProtocolError
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
+SUPPORTED_VERSIONS: Final = (1, 2)
+"""HELLO versions accepted: a protocol-1 node still delivers records, but its firmware
+cannot check a COMMAND's binding, so the gateway refuses commands for it (old-firmware)."""
 
 
 class NackReason(StrEnum):
@@ -19,6 +22,7 @@ class NackReason(StrEnum):
     MALFORMED = "malformed"
     REPLAY = "replay"
     BUSY = "busy"
+    SEQ_AHEAD = "seq-ahead"  # implausibly far ahead (gateway/admission.py): kept by the node
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +35,8 @@ class Hello:
     highest_seq: int
     problem: str | None = None
     protocol: int = PROTOCOL_VERSION
+    trial: bool = False
+    """HELLO key 9: "trial" while the node runs an updated app not yet confirmed."""
 
 
 def encode_hello(hello: Hello) -> bytes:
@@ -45,17 +51,22 @@ def encode_hello(hello: Hello) -> bytes:
     }
     if hello.problem is not None:
         body[8] = hello.problem
+    if hello.trial:
+        body[9] = "trial"
     return dumps(body)
 
 
 def decode_hello(body: bytes) -> Hello:
     m = require_map(loads_strict(body, "HELLO"), "HELLO")
     version = get_uint(m, 1, "HELLO")
-    if version != PROTOCOL_VERSION:
+    if version not in SUPPORTED_VERSIONS:
         raise ProtocolError(f"HELLO: protocol version {version} not supported", reason="version")
     problem = m.get(8)
     if problem is not None and (not isinstance(problem, str) or len(problem) > 256):
         raise MalformedError("HELLO: key 8 (problem) must be text")
+    state = m.get(9, "stable")
+    if state not in ("trial", "stable"):
+        raise MalformedError("HELLO: key 9 (firmware state) must be 'trial' or 'stable'")
     device_id = get_text(m, 2, "HELLO", max_len=64)
     if not device_id:
         raise MalformedError("HELLO: empty device_id")
@@ -68,6 +79,7 @@ def decode_hello(body: bytes) -> Hello:
         highest_seq=get_uint(m, 7, "HELLO"),
         problem=problem,
         protocol=version,
+        trial=state == "trial",
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -55,12 +56,28 @@ def encode_record_payload(rec: RecordPayload) -> bytes:
     return dumps({1: rec.seq, 2: rec.boot, 3: rec.pack, 4: rec.time_base})
 
 
+MAX_TIME: Final = 1e13
+"""Largest magnitude (seconds) of a SenML time or base time that is resolved; valid CBOR
+may carry integers of any size (2**1100 made float() raise) and floats may be inf/NaN."""
+
+
+def _seconds(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, int):
+        return float(value) if -MAX_TIME <= value <= MAX_TIME else None
+    return value if math.isfinite(value) and abs(value) <= MAX_TIME else None
+
+
 def resolve_times(rec: RecordPayload, boot_started_unix: float | None) -> list[float] | None:
     """Unix times of the pack's records, or None when they cannot be known.
 
     SenML: a record's time is bt (base time, carried forward) + t. For time base 1 the
     times count seconds since the boot the record was made in; `boot_started_unix` is
     that boot's start on the gateway's clock (from its HELLO), if the gateway saw it.
+    A time that is not a finite number within MAX_TIME makes the whole pack unresolved
+    (None): the record is still stored and forwarded, byte for byte, just without
+    resolved times. Never raises on a pack that decode_record_payload accepted.
     """
     offset = 0.0
     if rec.time_base == TIME_BASE_BOOT:
@@ -70,9 +87,13 @@ def resolve_times(rec: RecordPayload, boot_started_unix: float | None) -> list[f
     out: list[float] = []
     base = 0.0
     for entry in rec.pack:
-        bt = entry.get(SENML_BT)
-        if isinstance(bt, int | float):
-            base = float(bt)
-        t = entry.get(SENML_T, 0)
-        out.append(offset + base + (float(t) if isinstance(t, int | float) else 0.0))
+        if SENML_BT in entry:
+            bt = _seconds(entry[SENML_BT])
+            if bt is None:
+                return None
+            base = bt
+        t = _seconds(entry.get(SENML_T, 0))
+        if t is None:
+            return None
+        out.append(offset + base + t)
     return out

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import datetime
-import json
 import os
 import signal
 import socket
@@ -16,13 +14,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.x509.oid import NameOID
 from support import REPO, free_port
 
+from citysense_formats import registry_entry
+from citysense_lab.broker import BrokerTLS
+from citysense_lab.broker import Mosquitto as LabMosquitto
 from gateway.protocol import (
     Frame,
     FrameDecoder,
@@ -35,8 +33,7 @@ from gateway.protocol import (
     sign1,
 )
 from gateway.protocol.record import RecordPayload
-
-MOSQUITTO = "/usr/sbin/mosquitto"
+from provisioning import ca
 
 
 @dataclass
@@ -79,7 +76,7 @@ def write_entry(registry: Path, node: Node, status: str = "active") -> None:
         "firmware_sha256": None,
     }
     tmp = registry / f".{node.device_id}.tmp"
-    tmp.write_text(json.dumps(entry))
+    tmp.write_bytes(registry_entry.encode(entry))
     tmp.rename(registry / f"{node.device_id}.json")
 
 
@@ -97,6 +94,8 @@ def write_config(path: Path, **over: str) -> Path:
         "extra_uplink": "",
         "extra_gateway": "",
         "extra_queue": "",
+        "require_sync": "false",  # test machines often run no NTP client
+        "extra_time": "",
     }
     values.update(over)
     (d / "registry").mkdir(exist_ok=True)
@@ -118,6 +117,10 @@ max_bytes = {values["max_bytes"]}
 {values["extra_queue"]}
 [metrics]
 listen = {values["listen"]}
+
+[time]
+require_sync = {values["require_sync"]}
+{values["extra_time"]}
 """
     )
     return path
@@ -223,149 +226,51 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: floa
     return proc.returncode
 
 
-# -- Mosquitto -----------------------------------------------------------------------
+# -- Mosquitto and PKI: citysense_lab's broker and provisioning's CA (as the lab uses) ---
 
-
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    path.chmod(0o600)
+# every gateway may write under its own certificate CN only; the consumer reads everything
+_ACL = "pattern readwrite citysense/v1/%u/#\n\nuser consumer\ntopic readwrite citysense/#\n"
 
 
 def make_pki(d: Path, gateway_id: str) -> dict[str, Path]:
-    """A throwaway CA, a broker cert for 127.0.0.1/localhost, a client cert CN=gateway_id."""
-    d.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = _key()
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "citysense test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), True
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    out = {"ca": d / "ca.pem"}
-    out["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-
-    def leaf(name: str, server: bool) -> None:
-        import ipaddress
-
-        key = _key()
-        b = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        )
-        if server:
-            b = b.add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-                ),
-                critical=False,
-            )
-        cert = b.sign(ca_key, hashes.SHA256())
-        (d / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        _pem_key(key, d / f"{name}.key")
-        out[f"{name}_cert"] = d / f"{name}.pem"
-        out[f"{name}_key"] = d / f"{name}.key"
-
-    leaf("broker", True)
-    leaf(gateway_id, False)
-    leaf("consumer", False)
+    """A throwaway CA (provisioning.ca, as `citysense-provision ca init` makes it), a
+    broker cert for 127.0.0.1/localhost, client certs CN=gateway_id, consumer and operator
+    (the command tool's identity, citysense-cloud command send)."""
+    ca_dir = d / "ca"
+    ca.init_ca(ca_dir, "citysense test CA")
+    ca.broker_cert(ca_dir, d / "broker", ["localhost"], ["127.0.0.1"])
+    out = {
+        "ca": ca_dir / ca.CA_CERT,
+        "broker_cert": d / "broker" / "broker.crt",
+        "broker_key": d / "broker" / "broker.key",
+    }
+    for who in (gateway_id, "consumer", "operator"):
+        ca.gateway_cert(who, d / who, ca_dir)
+        out[f"{who}_cert"] = d / who / "gateway.crt"
+        out[f"{who}_key"] = d / who / "gateway.key"
     return out
 
 
-class Mosquitto:
+class Mosquitto(LabMosquitto):
+    """citysense_lab's Mosquitto on a free port, queues unlimited; with `tls` (a
+    make_pki() dict) mTLS, the certificate CN as user name, and _ACL."""
+
     def __init__(
         self, d: Path, *, tls: dict[str, Path] | None = None, persistence: bool = False
     ) -> None:
-        self.dir = d
         d.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.tls = tls
-        self.proc: subprocess.Popen[bytes] | None = None
-        conf = [
-            "per_listener_settings false",
-            f"persistence {'true' if persistence else 'false'}",
-            f"persistence_location {d}/",
-            "autosave_interval 1",
-            "log_dest stderr",
-            "log_type error",
-            "log_type warning",
-            "max_inflight_messages 0",
-            *(["user root"] if os.geteuid() == 0 else []),  # read the test's 0700 tmp dirs
-            "max_queued_messages 0",
-            f"listener {self.port} 127.0.0.1",
-        ]
-        if tls:
-            acl = d / "acl"
-            acl.write_text(
-                "pattern readwrite citysense/v1/%u/#\n\n"
-                "user consumer\ntopic readwrite citysense/#\n"
-            )
-            conf += [
-                f"cafile {tls['ca']}",
-                f"certfile {tls['broker_cert']}",
-                f"keyfile {tls['broker_key']}",
-                "require_certificate true",
-                "use_identity_as_username true",
-                f"acl_file {acl}",
-                "allow_anonymous false",
-            ]
-        else:
-            conf.append("allow_anonymous true")
-        self.conf = d / "mosquitto.conf"
-        self.conf.write_text("\n".join(conf) + "\n")
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.conf)],
-            stdout=(self.dir / "mosquitto.log").open("ab"),
-            stderr=subprocess.STDOUT,
+        self.dir = d
+        broker_tls = None
+        if tls is not None:
+            broker_tls = BrokerTLS(tls["ca"], tls["broker_cert"], tls["broker_key"])
+        super().__init__(
+            d,
+            free_port(),
+            broker_tls,
+            _ACL if tls is not None else None,
+            persistence=persistence,
+            limits=(0, 0),
         )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError((self.dir / "mosquitto.log").read_text())
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), 0.5),
-            ):
-                return
-            time.sleep(0.05)
-        raise TimeoutError("mosquitto did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
 
 
 @contextlib.contextmanager
@@ -535,12 +440,28 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
+def wait_metric(port: int, key: str, at_least: float, timeout: float = 30) -> dict[str, float]:
+    """Scrape until metric `key` is at least `at_least`; the whole scrape then."""
+    deadline = time.monotonic() + timeout
+    while True:
+        m = scrape(port)
+        if m.get(key, 0) >= at_least:
+            return m
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{key} = {m.get(key)}, wanted >= {at_least}")
+        time.sleep(0.2)
+
+
 class CuttableProxy:
-    """A TCP forwarder to the broker that a test can cut (an outage) and restore."""
+    """A TCP forwarder to the broker that a test can cut (an outage) and restore; while
+    `stall` is set, it accepts connections and forwards nothing (a broker that never
+    answers CONNECT)."""
 
     def __init__(self, target_port: int) -> None:
         import threading
 
+        self.stall = False
+        self.stalled = 0
         self.target = target_port
         self.port = free_port()
         self._threading = threading
@@ -563,6 +484,11 @@ class CuttableProxy:
                 c, _ = ls.accept()
             except OSError:
                 return
+            if self.stall:
+                with self._lock:
+                    self._conns.append(c)
+                    self.stalled += 1
+                continue
             try:
                 u = socket.create_connection(("127.0.0.1", self.target), 5)
             except OSError:

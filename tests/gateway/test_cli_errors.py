@@ -25,7 +25,8 @@ def test_missing_port_logged_once_then_open_when_it_appears(
     lines = [r.getMessage() for r in caplog.records if "port-missing" in r.getMessage()]
     assert lines == [f"event=port-missing port={port} detail=no such device; rescanning every 1s"]
     port.write_bytes(b"")  # the device appears (hot-plug)
-    assert ingest.matching() == {str(port): 115200}
+    st = port.stat()
+    assert ingest.matching() == {str(port): (115200, (st.st_dev, st.st_ino, st.st_rdev))}
     assert ingest.missing == set()
     port.unlink()  # and goes away again: said again, once
     caplog.clear()

@@ -7,6 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 from gwsupport import write_config
 from support import REPO
 
@@ -54,13 +61,26 @@ def test_every_problem_reported(tmp_path: Path) -> None:
     ]
 
 
-def test_operator_key_must_be_64_hex(tmp_path: Path) -> None:
+def test_operator_key_hex_or_pem(tmp_path: Path) -> None:
+    """The same formats `citysense-provision enroll --operator-pub` takes (one parser)."""
     pub = tmp_path / "operator.pub"
     pub.write_text("abc\n")
     path = write_config(tmp_path / "gw.toml", extra_gateway=f'operator_key = "{pub}"')
-    assert problems(path) == [f"gateway.operator_key: expected 64 hex chars (a .pub file) in {pub}"]
+    assert problems(path) == [
+        f"gateway.operator_key: {pub} is not 64 hex chars (the .pub file) or an Ed25519 PEM"
+        " public key (give the operator .pub)"
+    ]
     pub.write_text("ab" * 32 + "\n")
     assert load_config(path).operator_key == bytes([0xAB]) * 32
+    key = Ed25519PrivateKey.generate()
+    pub.write_bytes(key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    assert load_config(path).operator_key == key.public_key().public_bytes(
+        Encoding.Raw, PublicFormat.Raw
+    )
+    pub.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    assert problems(path) == [
+        f"gateway.operator_key: {pub} is a private key, not the public one (give the operator .pub)"
+    ]
 
 
 def test_not_toml(tmp_path: Path) -> None:
@@ -85,7 +105,9 @@ def test_check_config_cli(tmp_path: Path) -> None:
     run = [sys.executable, "-m", "gateway.cli", "check-config", "--config"]
     ok = subprocess.run([*run, str(good)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0
-    assert ok.stdout == "OK: gateway gw-test, 1 serial entries, uplink mqtt://127.0.0.1:1\n"
+    assert (
+        ok.stdout == "OK: gateway gw-test, 1 serial entries, uplink mqtt://127.0.0.1:1 (MQTT 5)\n"
+    )
     bad = write_config(tmp_path / "bad.toml", url='"http://x"')
     res = subprocess.run([*run, str(bad)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert res.returncode == 1

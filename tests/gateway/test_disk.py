@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 from gwsupport import (
+    Mosquitto,
     NodeSim,
     Pty,
+    Subscriber,
     make_node,
     scrape,
     start_gateway,
@@ -107,3 +109,64 @@ def test_agent_reports_corrupt_database(tmp_path: Path) -> None:
         assert status["queue"]["moved_aside"] == str(moved[0])
     finally:
         stop(gw)
+
+
+def test_disk_full_does_not_stop_deleting_delivered_records(tmp_path: Path, tiny_fs: Path) -> None:
+    """The disk fills while the broker is away; once it is back every ACKed record is
+    delivered and deleted (the delete needs disk too: the queue's reserve), and the agent
+    stays up. Before the reserve, the first delete on the full disk ended the uplink."""
+    node = make_node("esp32-0000000000d2")
+    metrics_port = free_port()
+    broker = Mosquitto(tmp_path / "broker")  # not started yet: an outage
+    cfg = write_config(
+        tmp_path / "gw.toml",
+        url=f'"mqtt://127.0.0.1:{broker.port}"',
+        state_dir=f'"{tiny_fs / "state"}"',
+        max_bytes='"100MB"',
+        listen=f'"127.0.0.1:{metrics_port}"',
+    )
+    write_entry(tmp_path / "registry", node)
+    pty = Pty(tmp_path / "tty0")
+    log = tmp_path / "gw.log"
+    gw = start_gateway(cfg, log)
+    sim = NodeSim(node, pty)
+    try:
+        wait_log(log, "event=port-open")
+        assert (tiny_fs / "state" / "queue.reserve").stat().st_size == 256 * 1024
+        deadline = time.monotonic() + 90
+        while not any(r == "busy" for _, r in sim.nacks):
+            assert time.monotonic() < deadline, "never got NACK busy"
+            for _ in range(16):
+                sim.new_record()
+            end = time.monotonic() + 0.5
+            while sim.unacked and time.monotonic() < end and not sim.nacks:
+                time.sleep(0.01)
+                sim.process()
+        acked = set(sim.acked)
+        assert len(acked) > 100
+        broker.start()
+        sub = Subscriber(broker.port, "citysense/#")
+        try:
+            deadline = time.monotonic() + 90
+            while not acked <= {s for _, s in sub.records()}:
+                assert gw.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, "ACKed records never all delivered"
+                time.sleep(0.2)
+            deadline = time.monotonic() + 60
+            while (depth := scrape(metrics_port)["citysense_queue_depth"]) != 0:
+                assert gw.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, f"{depth} delivered records not deleted"
+                time.sleep(0.2)
+        finally:
+            sub.close()
+        assert gw.poll() is None
+        text = log.read_text()
+        assert "event=task-failed" not in text
+        print(
+            "\nreserve used:", text.count("event=queue-delete-disk-full"),
+            "restored:", text.count("event=queue-reserve-restored"),
+        )  # fmt: skip
+    finally:
+        stop(gw)
+        pty.close()
+        broker.stop()

@@ -96,8 +96,12 @@ def test_tls_records_commands_status(tmp_path: Path) -> None:
             assert json.loads(status[-1][1])["state"] == "online"
 
             # downlink: a good command reaches the node byte for byte; a forged one does not
-            good = sign_command(operator_seed, Command(7, "set-interval", {"s": 30}))
-            forged = sign_command(b"\x08" * 32, Command(8, "reboot", {}))
+            far = int(time.time() * 1000) + 600_000
+            dev = node.device_id
+            good = sign_command(
+                operator_seed, Command(7, "set-interval", {"s": 30}, dev, "gw-test", far)
+            )
+            forged = sign_command(b"\x08" * 32, Command(8, "reboot", {}, dev, "gw-test", far))
             topic = f"citysense/v1/gw-test/{node.device_id}/commands"
             sub.client.publish(topic, forged, qos=1)
             sub.client.publish(topic, good, qos=1)
@@ -107,9 +111,16 @@ def test_tls_records_commands_status(tmp_path: Path) -> None:
                 node.seed, node.device_id.encode(), CommandResult(7, True, "interval 30 s")
             )
             pty.write(encode_frame(FrameType.COMMAND_RESULT, result))
-            res = sub.wait_count("/command-results", 1)
-            assert res[0][0] == f"citysense/v1/gw-test/{node.device_id}/command-results"
-            assert res[0][1] == result
+            res = sub.wait_count("/command-results", 2)
+            assert {m[0] for m in res} == {f"citysense/v1/gw-test/{dev}/command-results"}
+            # the forged one: refused by the gateway, which says so (unsigned: no device key)
+            assert json.loads(res[0][1]) == {
+                "gateway": "gw-test",
+                "command_id": 8,
+                "refused": "bad-signature",
+                "detail": "not signed by the operator key this gateway trusts",
+            }
+            assert res[1][1] == result
 
             m = scrape(metrics_port)
             assert m["citysense_records_accepted_total"] == 10

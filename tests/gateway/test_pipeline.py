@@ -23,6 +23,7 @@ from gateway.protocol import (
 )
 from gateway.queue import Queue
 from gateway.registry import Registry
+from gateway.store import Store, key_id
 
 
 class FakeLink:
@@ -54,7 +55,7 @@ def run(tmp_path: Path, scenario, max_bytes: int = 10**6) -> None:  # type: igno
         ex = ThreadPoolExecutor(1)
         q = Queue.open(tmp_path / "q.sqlite3", max_bytes)
         reg = Registry(reg_dir)
-        p = Pipeline(reg, q, Metrics(), executor=ex, max_delay=0)
+        p = Pipeline(reg, Store(q, ex), Metrics(), max_delay=0)
         try:
             await scenario(p, reg, q, FakeLink())
         finally:
@@ -88,7 +89,7 @@ def test_accept_duplicate_replay(tmp_path: Path) -> None:
         await feed(p, link, node.record_frame(4))  # never stored, below 5 -> replay
         assert link.answers() == [("ACK", 5), ("ACK", 5), ("NACK", (4, "replay"))]
         assert q.all_keys() == [("esp32-01", 3), ("esp32-01", 5)]
-        q.delete([r.id for r in q.peek(0, 10)])  # forwarded
+        await p.store.delete([r.id for r in q.peek(0, 10)])  # forwarded
         await feed(p, link, node.record_frame(3))  # forwarded and gone -> replay
         await feed(p, link, node.record_frame(6))
         assert link.answers() == [("NACK", (3, "replay")), ("ACK", 6)]
@@ -147,7 +148,7 @@ def test_bound_gives_busy_then_recovers(tmp_path: Path) -> None:
         await feed(p, link, *(node.record_frame(s) for s in (1, 2, 3, 4, 5)))
         assert link.answers() == [("NACK", (4, "busy")), ("NACK", (5, "busy")), ("ACK", 3)]
         assert q.depth == 3
-        q.delete([r.id for r in q.peek(0, 2)])  # room for two again
+        await p.store.delete([r.id for r in q.peek(0, 2)])  # room for two again
         await feed(p, link, node.record_frame(5))  # 4 must come first: held back
         assert link.answers() == [("NACK", (5, "busy"))]
         await feed(p, link, node.record_frame(4), node.record_frame(5))
@@ -174,7 +175,7 @@ def test_disk_full_gives_busy(tmp_path: Path) -> None:
         last = answers[-1]
         assert last == ("NACK", (s, "busy"))
         assert answers[:-1] == [("ACK", i) for i in range(1, s)]
-        assert q.depth == s - 1 and q.high_seq("esp32-01") == s - 1
+        assert q.depth == s - 1 and q.high_seq("esp32-01", key_id(node.public_key)) == s - 1
         assert q.conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
     run(tmp_path, scenario)
@@ -187,8 +188,10 @@ def test_replacement_above_the_floor_is_stored_and_replay_is_loud(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A board replacing esp32-01 (new key, same id) continues at its enrollment floor:
-    accepted. One that starts at seq 1 (no floor) is told at its HELLO and every record
-    is NACKed `replay`, each time with a warning naming the device and both seqs."""
+    accepted. Replay state belongs to (device, key): one that starts at seq 1 under a new
+    key (no floor) is stored, since nothing of that key was, but told at its HELLO that
+    consumers may take its seqs for the old key's. Under the same key, a seq below the
+    stored one is NACKed `replay`, with a warning naming the device and both seqs."""
     (tmp_path / "registry").mkdir()
     old = make_node("esp32-01")
     write_entry(tmp_path / "registry", old)
@@ -201,7 +204,7 @@ def test_replacement_above_the_floor_is_stored_and_replay_is_loud(
         reg.refresh()
         await feed(p, link, old.hello_frame(), old.record_frame(FLOOR), old.record_frame(FLOOR + 9))
         assert link.answers() == [("TIME", True), ("ACK", FLOOR + 9)]
-        q.delete([r.id for r in q.peek(0, 10)])  # forwarded
+        await p.store.delete([r.id for r in q.peek(0, 10)])  # forwarded
 
         new = make_node("esp32-01")  # the replacement, enrolled an hour later
         write_entry(tmp_path / "registry", new)
@@ -215,19 +218,21 @@ def test_replacement_above_the_floor_is_stored_and_replay_is_loud(
         write_entry(tmp_path / "registry", unfloored)
         reg.refresh()
         await feed(p, link, unfloored.hello_frame(highest=0), unfloored.record_frame(1))
-        assert link.answers() == [("TIME", True), ("NACK", (1, "replay"))]
-        assert q.all_keys() == [("esp32-01", later)]
+        assert link.answers() == [("TIME", True), ("ACK", 1)]
+        assert sorted(q.all_keys()) == [("esp32-01", 1), ("esp32-01", later)]
         assert events("seq-behind") == [
             "event=seq-behind device=esp32-01 port=/dev/ttyFAKE node_highest_seq=0"
-            f" gateway_highest_seq={later} detail=records of this node up to the gateway's"
-            " highest seq will be NACKed replay and lost: re-enroll it with"
-            " citysense-provision enroll (writes a seq floor)"
+            f" gateway_highest_seq={later} detail=this key's seqs are below those of the"
+            " device's previous key: consumers deduping by (device, seq) may drop them;"
+            " re-enroll it with citysense-provision enroll (writes a seq floor)"
         ]
+        await feed(p, link, unfloored.record_frame(5), unfloored.record_frame(3))
+        assert link.answers() == [("NACK", (3, "replay")), ("ACK", 5)]  # ACK after commit
         (replay,) = [r for r in caplog.records if "event=replay " in r.getMessage()]
         assert replay.levelno == logging.WARNING
         assert replay.getMessage().startswith(
-            f"event=replay device=esp32-01 port=/dev/ttyFAKE seq=1 highest_stored_seq={later}"
-            f" behind={later - 1} detail="
+            "event=replay device=esp32-01 port=/dev/ttyFAKE seq=3 highest_stored_seq=5"
+            " behind=2 detail="
         )
         assert dict(p.metrics.rejected) == {"replay": 1}
         assert p.devices["esp32-01"].rejects == {"replay": 1}
@@ -246,7 +251,11 @@ def test_seq_beyond_the_store_is_malformed_and_spares_the_batch(tmp_path: Path) 
     async def scenario(p: Pipeline, reg: Registry, q: Queue, link: FakeLink) -> None:
         reg.refresh()
         await feed(p, link, a.record_frame(2**63 - 1), a.record_frame(2**63), b.record_frame(7))
-        assert link.answers() == [("NACK", (2**63, "malformed")), ("ACK", 2**63 - 1), ("ACK", 7)]
-        assert q.all_keys() == [("esp32-01", 2**63 - 1), ("esp32-02", 7)]
+        assert link.answers() == [
+            ("NACK", (2**63 - 1, "seq-ahead")),
+            ("NACK", (2**63, "malformed")),
+            ("ACK", 7),
+        ]
+        assert q.all_keys() == [("esp32-02", 7)]
 
     run(tmp_path, scenario)

@@ -146,3 +146,89 @@ def test_queue_stats_cli(tmp_path: Path) -> None:
         "  d1                       queued 2  high_seq 2",
         "  d2                       queued 1  high_seq 7",
     ]
+
+
+def test_pre_upgrade_replay_state_goes_to_the_first_key_stored(tmp_path: Path) -> None:
+    """Rows of the old per-device table become key "*": they bound the first key the
+    device stores under after the upgrade, then belong to it (a later re-key is fresh)."""
+    import sqlite3
+
+    path = tmp_path / "q.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE devices (device_id TEXT PRIMARY KEY, high_seq INTEGER NOT NULL)")
+    conn.execute("INSERT INTO devices VALUES ('d1', 500)")
+    conn.commit()
+    conn.close()
+    q = Queue.open(path, 10**6)
+    assert q.high_seq("d1", "k1") == 500  # the legacy state applies to any key at first
+    q.store([NewRecord("d1", 501, 0, b"x", None, "k1")])
+    assert q.replay_state() == {("d1", "k1"): 501}
+    assert q.high_seq("d1", "k2") is None  # a new key after that starts afresh
+    q.close()
+    q = Queue.open(path, 10**6)  # and so it stays on disk
+    assert q.replay_state() == {("d1", "k1"): 501}
+    q.close()
+
+
+def page_size(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("PRAGMA page_size").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def old_queue(path: Path) -> list[tuple[int, str, int, bytes]]:
+    """A queue file as every version before 1 KiB pages made it (4 KiB pages), with
+    records of two devices, one under a key and one with pre-upgrade replay state."""
+    q = Queue.open(path, 10**9, page_size=4096)
+    q.store([NewRecord("d1", s, 1_000 + s, bytes([s]) * 300, None, "k1") for s in range(1, 40)])
+    q.store([rec(7, "d2")])
+    q.delete([r.id for r in q.peek(0, 5)])  # ids 1..5 delivered: the next id is not 1
+    q.conn.execute("INSERT INTO replay (device_id, key_id, high_seq) VALUES ('d3', '*', 99)")
+    q.conn.commit()
+    rows = [(r.id, r.device_id, r.seq, r.data) for r in q.peek(0, 100)]
+    q.close()
+    assert page_size(path) == 4096
+    return rows
+
+
+def test_an_old_queue_file_is_rebuilt_with_small_pages_keeping_every_record(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "q.sqlite3"
+    rows = old_queue(path)
+    q = Queue.open(path, 10**9)
+    assert page_size(path) == 1024
+    assert [(r.id, r.device_id, r.seq, r.data) for r in q.peek(0, 100)] == rows
+    assert q.depth == 35 and q.bytes == 34 * (300 + ROW_OVERHEAD) + 100 + ROW_OVERHEAD
+    assert q.replay_state() == {("d1", "k1"): 39, ("d2", "*"): 7, ("d3", "*"): 99}
+    assert q.high_seq("d3", "k9") == 99  # the pre-upgrade rule still applies
+    q.store([NewRecord("d1", 40, 2_000, b"x", None, "k1")])
+    assert q.peek(rows[-1][0], 10)[0].id == rows[-1][0] + 1  # ids keep growing
+    q.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    conn.close()
+
+
+def test_a_big_old_queue_file_keeps_its_pages_until_smaller(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "q.sqlite3"
+    rows = old_queue(path)
+    monkeypatch.setattr("gateway.queue.MIGRATE_MAX_BYTES", 4096)
+    q = Queue.open(path, 10**9)
+    assert page_size(path) == 4096
+    assert "event=queue-page-size-kept" in caplog.text
+    assert [(r.id, r.device_id, r.seq, r.data) for r in q.peek(0, 100)] == rows
+    q.close()
+
+
+def test_deletes_do_not_zero_every_freed_page(tmp_path: Path) -> None:
+    """secure_delete FAST, not the ON that Debian's SQLite is built with (see
+    gateway/queue.py SECURE_DELETE): 2 = FAST."""
+    q = Queue.open(tmp_path / "q.sqlite3", 10**9)
+    assert q.conn.execute("PRAGMA secure_delete").fetchone() == (2,)
+    q.close()

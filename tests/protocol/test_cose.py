@@ -174,8 +174,9 @@ def test_trailing_bytes_rejected() -> None:
 
 def test_command_round_trip_and_forgery() -> None:
     op_seed = bytes(range(100, 132))
-    data = sign_command(op_seed, Command(7, "set_interval", {"s": 30}))
-    assert decode_command(pub_of(op_seed), data) == Command(7, "set_interval", {"s": 30})
+    cmd = Command(7, "set_interval", {"s": 30}, "node-a", "*", 1764047000123)
+    data = sign_command(op_seed, cmd)
+    assert decode_command(pub_of(op_seed), data) == cmd
     with pytest.raises(SignatureError):
         decode_command(PUB, data)
     res = sign_command_result(SEED, KID, CommandResult(7, True, "interval=30"))

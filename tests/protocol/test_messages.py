@@ -40,10 +40,19 @@ def test_hello_round_trip_with_problem() -> None:
     assert decode_hello(encode_hello(plain)) == plain
 
 
+def test_hello_protocol_1_still_decoded() -> None:
+    """A node on protocol-1 firmware keeps delivering records; the gateway learns its
+    version from HELLO and refuses COMMANDs for it (old-firmware)."""
+    v1 = {1: 1, 2: "n", 3: "0.0.9", 4: 1, 5: "x", 6: 0, 7: 0}
+    assert decode_hello(cbor2.dumps(v1)).protocol == 1
+    assert decode_hello(encode_hello(Hello("n", "f", 1, "x", 0, 0))).protocol == 2
+
+
 @pytest.mark.parametrize(
     "body",
     [
-        {1: 2, 2: "n", 3: "f", 4: 0, 5: "x", 6: 0, 7: 0},
+        {1: 3, 2: "n", 3: "f", 4: 0, 5: "x", 6: 0, 7: 0},
+        {1: 0, 2: "n", 3: "f", 4: 0, 5: "x", 6: 0, 7: 0},
         {1: 1, 2: "", 3: "f", 4: 0, 5: "x", 6: 0, 7: 0},
         {1: 1, 2: "n", 3: "f", 4: -1, 5: "x", 6: 0, 7: 0},
         {1: 1, 2: "n", 3: "f", 4: 0, 5: "x", 6: 0},
