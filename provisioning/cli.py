@@ -65,6 +65,17 @@ def cmd_operator_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_release_key(args: argparse.Namespace) -> int:
+    log = _audit(args)
+    log.check()
+    pub = keys.init_release_key(Path(args.out))
+    log.record("release-key-init", public_key=pub, file=str(args.out))
+    print(f"release key written to {args.out} (0600); public key in {args.out}.pub")
+    print(f"fingerprint {registry.fingerprint(pub)}")
+    print("keep it offline, apart from the operator key: it signs firmware for every node")
+    return 0
+
+
 def cmd_flash(args: argparse.Namespace) -> int:
     log = _audit(args)
     log.check()
@@ -119,16 +130,19 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     log = _audit(args)
     log.check()
     op = keys.read_operator_pub(Path(args.operator_pub)) if args.operator_pub else None
+    rel = keys.read_release_pub(Path(args.release_pub)) if args.release_pub else None
     opts = enroll.EnrollOptions(
         registry=Path(args.registry),
         device_id=args.device_id,
         operator_pub=op,
+        release_pub=rel,
         interval_s=args.interval,
         batch=args.batch,
         link={"uart": args.link_uart, "tx": args.tx, "rx": args.rx, "baud": args.baud},
         sensors=[s for s in args.sensors.split(",") if s] if args.sensors else None,
         replace=args.replace,
         new_key=args.new_key,
+        drop_pending=args.drop_pending,
     )
     with _session(args) as repl:
         summary = enroll.enroll(Device(repl), opts, _progress)
@@ -139,10 +153,12 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         firmware_sha256=summary["firmware_sha256"],
         key=summary["key"],
         replaced_key_fingerprint=summary["replaced_key_fingerprint"],
+        release_key_fingerprint=summary["release_key_fingerprint"],
         registry=str(args.registry),
         seq_floor=summary["seq_floor"],
         seq_state_before=summary["seq_state_before"],
         seq_state=summary["seq_state"],
+        pending_dropped=summary["pending_dropped"],
     )
 
     def human() -> None:
@@ -159,12 +175,19 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         )
         op_fp = summary["operator_key_fingerprint"]
         print(f"  operator key {op_fp or 'MISSING: the node will refuse every COMMAND'}")
+        rel_fp = summary["release_key_fingerprint"]
+        print(f"  release key  {rel_fp or 'none: the node will refuse every update'}")
         print(f"  firmware     {summary['firmware_sha256']}")
         before = summary["seq_state_before"]
         print(
             f"  seq          continues at {summary['seq_state']} (floor {summary['seq_floor']}"
             f" = enrollment time in ms; state before: {'none' if before is None else before})"
         )
+        if summary["pending_dropped"]:
+            print(
+                f"  buffer       {summary['pending_dropped']} records signed with the old key"
+                " dropped (counted in sys/dropped)"
+            )
         if summary["previous_device_id"]:
             print(
                 f"note: this node was enrolled as {summary['previous_device_id']} before;"
@@ -181,8 +204,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     log = _audit(args)
     log.check()
     op = keys.read_operator_pub(Path(args.operator_pub)) if args.operator_pub else None
+    rel = keys.read_release_pub(Path(args.release_pub)) if args.release_pub else None
     with _session(args) as repl:
-        result = enroll.verify(Device(repl), Path(args.registry), op)
+        result = enroll.verify(Device(repl), Path(args.registry), op, rel)
     log.record(
         "verify",
         device_id=result["device_id"],
@@ -261,7 +285,7 @@ def cmd_ca(args: argparse.Namespace) -> int:
 def cmd_gateway_cert(args: argparse.Namespace) -> int:
     log = _audit(args)
     log.check()
-    registry.check_device_id(args.gateway_id)
+    registry.check_device_id(args.gateway_id, "gateway id")
     files = ca.gateway_cert(args.gateway_id, Path(args.out), Path(args.ca) if args.ca else None)
     log.record("gateway-cert", gateway_id=args.gateway_id, out=str(args.out), signed=bool(args.ca))
     for f in files:
@@ -296,6 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_operator_key)
 
+    p = sub.add_parser("release-key", parents=[_common()], help="create the release key")
+    p.add_argument("action", nargs="?", choices=["init"], default="init")
+    p.add_argument("--out", required=True, help="private key file (0600); public in OUT.pub")
+    p.set_defaults(func=cmd_release_key)
+
     p = sub.add_parser("flash", parents=[_common(port=True)], help="flash MicroPython")
     p.add_argument("--firmware", required=True, help="MicroPython ESP32_GENERIC .bin")
     p.add_argument("--baud", type=int, default=460800)
@@ -310,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     _registry_arg(p)
     p.add_argument("--device-id")
     p.add_argument("--operator-pub", help="operator public key (.pub hex or PEM)")
+    p.add_argument("--release-pub", help="release public key (.pub hex or PEM), for updates")
     p.add_argument("--interval", type=int, help="sampling interval, seconds")
     p.add_argument("--batch", type=int, help="samples per signed record")
     p.add_argument("--link-uart", type=int)
@@ -319,11 +349,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sensors", help="comma-separated sensor list")
     p.add_argument("--replace", action="store_true", help="revoke and replace a registered key")
     p.add_argument("--new-key", action="store_true", help="generate a new key even if valid")
+    p.add_argument(
+        "--drop-pending",
+        action="store_true",
+        help="with a new key: drop the records still in the node's buffer (sys/dropped)",
+    )
     p.set_defaults(func=cmd_enroll)
 
     p = sub.add_parser("verify", parents=[_common(True, True)], help="check device vs registry")
     _registry_arg(p)
     p.add_argument("--operator-pub")
+    p.add_argument("--release-pub")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("registry", parents=[_common(True)], help="list/show/revoke devices")

@@ -1,14 +1,18 @@
 """What the CLI does on a device, as small snippets run over the raw REPL.
 
 The snippets only use what both the ESP32 port and the unix port (the emulator) have:
-os, sys, hashlib.sha256, binascii. The device's seed is generated and used on the
-device; no snippet here ever prints or returns it.
+os, sys, hashlib.sha256, binascii, and the citysense firmware's own modules. The
+device's seed is generated and used on the device; no snippet here ever prints or
+returns it.
 """
 
 from __future__ import annotations
 
 import base64
+import secrets
 from collections.abc import Callable, Iterable
+
+from citysense_formats import state_seq
 
 from .errors import DeviceError
 from .transport import Repl
@@ -18,6 +22,7 @@ KEY_PATH = "/config/device.key"
 KEY_NEW_PATH = "/config/device.key.new"
 CONFIG_PATH = "/config/device.json"
 OPERATOR_PATH = "/config/operator.pub"
+RELEASE_PATH = "/config/release.pub"  # verifies bundle manifests; same format
 _CHUNK = 1536  # raw bytes per write (2 KB of base64 per exec)
 _MISSING = "-"
 
@@ -85,56 +90,79 @@ def _cs_pub(p):
     return binascii.hexlify(ed25519.public_key(s)).decode()
 """
 
+# The seed: SHA-512(32 bytes of the device's os.urandom || the 32 host bytes)[:32],
+# computed here on the device with the firmware's own SHA-512 (hashlib has none). The
+# ESP32's RNG is only documented as truly random while its radio runs, so the host's
+# bytes (secrets.token_bytes) make the seed unpredictable even from a weak device RNG,
+# and the device's bytes (never sent) keep it unknown to the host, which sees only the
+# public key. Either part alone changes the seed (tests/provisioning/test_key_entropy.py).
 _GENKEY = """
 _cs_mk({path!r})
 from citysense import ed25519
-_s = os.urandom(32)
+from citysense.sha512 import sha512 as _cs_sha512
+_h = _cs_sha512(os.urandom(32))
+_h.update(binascii.unhexlify({host!r}))
+_s = _h.digest()[:32]
+_h = None
 _f = open({path!r}, 'wb')
 _f.write(_s)
 _f.close()
 print(binascii.hexlify(ed25519.public_key(_s)).decode())
 _s = None
 """
+HOST_RANDOM_BYTES = 32
 
-_SEQ_BITS = """
-import citysense
-for _k in ('citysense.buffer', citysense.__name__ + '.buffer'):
-    sys.modules.pop(_k, None)
-try:
-    delattr(citysense, 'buffer')
-except (AttributeError, KeyError):
-    pass
-from citysense import buffer as _cs_b
-print(getattr(_cs_b, 'SEQ_BITS', 32))
-_cs_b = None
+# citysense.<name> imported afresh: the app (or an earlier session) may hold the module
+# from before a deploy
+_FRESH = """
+def _cs_fresh(name):
+    import citysense
+    for k in ('citysense.' + name, citysense.__name__ + '.' + name):
+        sys.modules.pop(k, None)
+    try:
+        delattr(citysense, name)
+    except (AttributeError, KeyError):
+        pass
+    return __import__('citysense.' + name, None, None, [name])
 """
 
-# /state/seq: the node's seq reservation limit L (u64 LE || crc32 LE, as
-# firmware/lib/citysense/state.py writes it); the node continues at L on boot. Raised to
-# `floor` (never lowered), replaced atomically (temp file + rename), read back. Prints
-# "<before> <after>": before is -1 when the file is missing, -2 when it is corrupt.
-_SEQ_FLOOR = """
-import struct
-from citysense.crc32 import crc32 as _cs_crc
-def _cs_seq_read(p):
+_SEQ_BITS = """
+print(getattr(_cs_fresh('buffer'), 'SEQ_BITS', 32))
+"""
+
+# The records in the node's flash buffer (/data/*.seg), counted by the firmware's own
+# recovery scan (Buffer.open): exactly what the node will send after its next boot.
+_PENDING = """
+def _cs_pending():
     try:
-        f = open(p, 'rb')
+        names = [n for n in os.listdir('/data') if n.endswith('.seg')]
     except OSError:
-        return -1
-    r = f.read(16)
-    f.close()
-    if len(r) != 12 or struct.unpack('<I', r[8:])[0] != _cs_crc(r[:8]):
-        return -2
-    return struct.unpack('<Q', r[:8])[0]
-_b = _cs_seq_read({path!r})
-if _b < {floor}:
-    _cs_mk({path!r})
-    _v = struct.pack('<Q', {floor})
-    _f = open({tmp!r}, 'wb')
-    _f.write(_v + struct.pack('<I', _cs_crc(_v)))
-    _f.close()
-    _cs_commit({tmp!r}, {path!r})
-print(_b, _cs_seq_read({path!r}))
+        return 0
+    if not names:
+        return 0
+    return _cs_fresh('buffer').Buffer('/data').open()
+"""
+
+# Drop them all, counted: /state/dropped (the counter the node reports as sys/dropped)
+# is raised by their number BEFORE the segments are removed, so a cut cable can count
+# some twice (a re-run counts what is left again) but never loses a count. Prints
+# "<dropped> <counter before> <counter after> <records left>".
+_DROP_PENDING = """
+_n = _cs_pending()
+_st = _cs_fresh('state')
+_c = os.getcwd()
+os.chdir('/')
+try:
+    _d = _st.load('dropped', 0)
+    if _n:
+        _st.store('dropped', _d + _n)
+        for _x in os.listdir('data'):
+            if _x.endswith('.seg'):
+                os.remove('data/' + _x)
+finally:
+    os.chdir(_c)
+print(_n, _d, _st.load('dropped', 0), _cs_pending())
+_st = None
 """
 
 _UNIQUE_ID = """
@@ -159,6 +187,7 @@ class Device:
 
     def __init__(self, repl: Repl) -> None:
         self.repl = repl
+        self._loaded: set[str] = set()
         repl.exec(_PRELUDE, "loading the provisioning helpers")
         self.platform = repl.exec("print(sys.platform)", "reading sys.platform").strip()
         if self.is_emulator:
@@ -242,7 +271,7 @@ class Device:
             raise DeviceError(f"{path} on the device is not text, rewrite it") from exc
 
     def read_hex(self, path: str) -> str | None:
-        """A small binary file as hex (operator.pub), None if missing."""
+        """A small binary file as hex (operator.pub, release.pub), None if missing."""
         if path in (KEY_PATH, KEY_NEW_PATH):
             raise DeviceError("refusing to read the device's private seed, this is a bug")
         code = (
@@ -265,18 +294,29 @@ class Device:
             )
         return out
 
-    def generate_key(self, path: str = KEY_NEW_PATH) -> str:
-        """Generate a fresh seed ON the device at `path`; returns its public key (hex)."""
-        out = self.run(_GENKEY.format(path=path), "generating the device key", 120.0).strip()
+    def generate_key(self, path: str = KEY_NEW_PATH, host_random: bytes | None = None) -> str:
+        """Generate a fresh seed ON the device at `path`, mixing the device's random bytes
+        with `host_random` (32 bytes; fresh from `secrets` unless given); returns its
+        public key (hex)."""
+        if host_random is None:
+            host_random = secrets.token_bytes(HOST_RANDOM_BYTES)
+        if len(host_random) != HOST_RANDOM_BYTES:
+            raise ValueError(f"host_random must be {HOST_RANDOM_BYTES} bytes")
+        code = _GENKEY.format(path=path, host=host_random.hex())
+        out = self.run(code, "generating the device key", 120.0).strip()
         if len(out) != 64:
             raise DeviceError("the device returned a malformed public key, reset it and retry")
         return out
 
+    def _helpers(self, code: str) -> None:
+        if code not in self._loaded:
+            self.run(code, "loading the provisioning helpers")
+            self._loaded.add(code)
+
     def firmware_seq_bits(self) -> int:
         """How wide the deployed firmware's flash buffer stores a seq: 64, or 32 for
-        firmware from before the seq floor (its buffer would truncate floored seqs).
-        The module is imported afresh: the app (or an earlier session) may hold the one
-        from before a deploy."""
+        firmware from before the seq floor (its buffer would truncate floored seqs)."""
+        self._helpers(_FRESH)
         out = self.run(_SEQ_BITS, "checking the firmware's seq width").strip()
         try:
             return int(out)
@@ -285,25 +325,86 @@ class Device:
                 f"the device answered {out[:60]!r} for the firmware's seq width, reset it and retry"
             ) from None
 
-    def raise_seq_floor(self, floor: int, path: str = SEQ_PATH) -> tuple[int | None, int]:
-        """Make the node's seq reservation limit at least `floor` (never lower it).
+    def pending_records(self) -> int:
+        """How many records the node's flash buffer holds (it sends them after boot)."""
+        self._helpers(_FRESH)
+        self._helpers(_PENDING)
+        out = self.run("print(_cs_pending())", "counting the records in the buffer", 60.0)
+        return self._ints(out, 1, "the records in the buffer")[0]
 
-        Returns (the value before, None if the file was missing or corrupt; the value
-        now on the device, read back)."""
-        code = _SEQ_FLOOR.format(path=path, tmp=path + ".tmp", floor=int(floor))
-        out = self.run(code, f"writing the seq floor to {path}").split()
+    def drop_pending(self) -> tuple[int, int]:
+        """Delete every record in the node's buffer, adding their number to its drop
+        counter (/state/dropped, reported as sys/dropped). Returns (dropped, counter)."""
+        self._helpers(_FRESH)
+        self._helpers(_PENDING)
+        out = self.run(_DROP_PENDING, "dropping the records in the buffer", 60.0)
+        dropped, before, after, left = self._ints(out, 4, "dropping the buffer")
+        if left or after != before + dropped:
+            raise DeviceError(
+                f"dropping the node's buffer left {left} records and the drop counter at"
+                f" {after} (was {before}, {dropped} dropped): re-run enroll; if it persists"
+                " the flash is failing"
+            )
+        return dropped, after
+
+    @staticmethod
+    def _ints(out: str, n: int, what: str) -> list[int]:
         try:
-            before, after = (int(x) for x in out)
+            values = [int(x) for x in out.split()]
+        except ValueError:
+            values = []
+        if len(values) != n:
+            raise DeviceError(
+                f"the device answered {out.strip()[:60]!r} for {what}, reset it and retry"
+            )
+        return values
+
+    def read_small(self, path: str, limit: int) -> bytes | None:
+        """At most `limit` bytes of a small file (a /state counter), None if missing."""
+        if path in (KEY_PATH, KEY_NEW_PATH):
+            raise DeviceError("refusing to read the device's private seed, this is a bug")
+        code = (
+            f"try:\n    _f = open({path!r}, 'rb')\n"
+            f"    print(binascii.hexlify(_f.read({int(limit)})).decode() or '=')\n"
+            "    _f.close()\nexcept OSError:\n    print('-')"
+        )
+        out = self.run(code, f"reading {path}").strip()
+        if out == _MISSING:
+            return None
+        try:
+            return b"" if out == "=" else bytes.fromhex(out)
         except ValueError:
             raise DeviceError(
-                f"the device answered {' '.join(out)[:60]!r} for {path}, reset it and retry"
+                f"the device sent garbled bytes of {path}, reset it and retry"
             ) from None
-        if after < floor or (before >= 0 and after < before):
+
+    def read_seq_state(self, path: str = SEQ_PATH) -> int | None:
+        """The node's seq reservation limit (citysense_formats.state_seq); None when the
+        file is missing or corrupt (the node then falls back to its record buffer)."""
+        raw = self.read_small(path, state_seq.SIZE + 4)
+        if raw is None:
+            return None
+        try:
+            return state_seq.decode(raw)
+        except state_seq.StateSeqError:
+            return None
+
+    def raise_seq_floor(self, floor: int, path: str = SEQ_PATH) -> tuple[int | None, int]:
+        """Make the node's seq reservation limit at least `floor` (never lower it): the
+        file is replaced atomically (temp file + rename) and read back.
+
+        Returns (the value before, None if the file was missing or corrupt; the value
+        now on the device)."""
+        before = self.read_seq_state(path)
+        if before is None or before < floor:
+            self.put(path, state_seq.encode(floor))
+        after = self.read_seq_state(path)
+        if after is None or after < floor or (before is not None and after < before):
             raise DeviceError(
                 f"{path} on the device holds {after} after writing the seq floor {floor},"
                 " re-run enroll; if it persists the flash is failing"
             )
-        return (before if before >= 0 else None), after
+        return before, after
 
     def unique_id(self) -> str:
         return self.run(_UNIQUE_ID, "reading the unique id").strip()

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from citysense_formats import node_config
+
 from . import registry
 from .deploy import device_firmware_hash
 from .device import (
@@ -34,21 +36,23 @@ from .device import (
     KEY_NEW_PATH,
     KEY_PATH,
     OPERATOR_PATH,
+    RELEASE_PATH,
     SEQ_PATH,
     Device,
     Progress,
 )
 from .errors import DeviceError, ProvisionError, RegistryError
 
-DEFAULT_CONFIG: dict[str, Any] = {
-    "interval_s": 60,
-    "batch": 5,
-    "link": {"uart": 1, "tx": 17, "rx": 16, "baud": 115200},
-    "sensors": ["bme280", "battery"],
-}
-MAX_BATCH = 64  # the node refuses a bigger batch (firmware config.py)
 MIN_CLOCK_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z: a clock before it is wrong
-BAUDS = (9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
+BAUDS = node_config.BAUDS
+# option -> (the node_config field, its limits table)
+_OPTION_LIMITS = {
+    "--link-uart": ("uart", node_config.LINK_LIMITS),
+    "--tx": ("tx", node_config.LINK_LIMITS),
+    "--rx": ("rx", node_config.LINK_LIMITS),
+    "--interval": ("interval_s", node_config.LIMITS),
+    "--batch": ("batch", node_config.LIMITS),
+}
 
 
 @dataclass
@@ -56,15 +60,19 @@ class EnrollOptions:
     registry: Path
     device_id: str | None = None
     operator_pub: bytes | None = None
+    release_pub: bytes | None = None
     interval_s: int | None = None
     batch: int | None = None
     link: dict[str, int | None] = field(default_factory=dict)
     sensors: list[str] | None = None
     replace: bool = False
     new_key: bool = False
+    drop_pending: bool = False
 
 
-def _check_range(name: str, value: int, low: int, high: int) -> int:
+def _check_range(name: str, value: int) -> int:
+    field, limits = _OPTION_LIMITS[name]
+    low, high = limits[field]
     if not low <= value <= high:
         raise ProvisionError(f"{name} {value} is out of range, use {low}..{high}")
     return value
@@ -72,16 +80,16 @@ def _check_range(name: str, value: int, low: int, high: int) -> int:
 
 def build_config(device_id: str, old: dict[str, Any] | None, opts: EnrollOptions) -> dict[str, Any]:
     """device.json: explicit options, else what the device had, else the defaults."""
-    base = dict(DEFAULT_CONFIG)
+    base = node_config.defaults()
     if old:
-        base.update({k: old[k] for k in DEFAULT_CONFIG if k in old})
-    link = dict(DEFAULT_CONFIG["link"])
+        base.update({k: old[k] for k in node_config.DEFAULTS if k in old})
+    link = dict(node_config.DEFAULTS["link"])
     if isinstance(base.get("link"), dict):
         link.update({k: v for k, v in base["link"].items() if k in link and isinstance(v, int)})
     link.update({k: v for k, v in opts.link.items() if v is not None})
-    _check_range("--link-uart", link["uart"], 1, 2)
-    _check_range("--tx", link["tx"], 0, 39)
-    _check_range("--rx", link["rx"], 0, 39)
+    _check_range("--link-uart", link["uart"])
+    _check_range("--tx", link["tx"])
+    _check_range("--rx", link["rx"])
     if link["baud"] not in BAUDS:
         raise ProvisionError(f"--baud {link['baud']} is not a standard rate, use one of {BAUDS}")
     interval = opts.interval_s if opts.interval_s is not None else int(base["interval_s"])
@@ -89,11 +97,21 @@ def build_config(device_id: str, old: dict[str, Any] | None, opts: EnrollOptions
     sensors = opts.sensors if opts.sensors is not None else list(base["sensors"])
     return {
         "device_id": device_id,
-        "interval_s": _check_range("--interval", interval, 1, 86400),
-        "batch": _check_range("--batch", batch, 1, MAX_BATCH),
+        "interval_s": _check_range("--interval", interval),
+        "batch": _check_range("--batch", batch),
         "link": link,
         "sensors": sensors,
     }
+
+
+def _config_bytes(config: dict[str, Any]) -> bytes:
+    """device.json as the node will accept it (node_config), or a one-line refusal."""
+    try:
+        return node_config.encode(config)
+    except node_config.NodeConfigError as exc:
+        raise ProvisionError(
+            f"the node would refuse this configuration ({exc}), fix the options"
+        ) from exc
 
 
 def read_device_config(device: Device) -> dict[str, Any] | None:
@@ -177,6 +195,65 @@ def _conflict(device_id: str, old: registry.Entry) -> RegistryError:
     )
 
 
+def pending_before_rekey(
+    device: Device, device_id: str, drop: bool, drainable: bool, progress: Progress
+) -> tuple[int, int | None]:
+    """The records in the node's buffer when it gets a new key: (pending, dropped).
+
+    They are signed with the key being replaced, which the gateway stops trusting once
+    the registry has the new one: it would NACK them `bad-signature`, the node would keep
+    and resend them, and every newer record would wait behind them. So a new key needs
+    an empty buffer: drained through the gateway while the old key is still valid, or
+    dropped here (`--drop-pending`), counted in the node's sys/dropped. `drainable`:
+    the node's key is the id's active registry key (else the gateway refuses them now).
+    """
+    pending = device.pending_records()
+    progress(f"{pending} records pending in the node's buffer")
+    if not pending:
+        return 0, None
+    if not drop and not drainable:
+        raise ProvisionError(
+            f"{device_id} has {pending} records in its buffer signed with a key that is not"
+            " its active key in the registry, so its gateway refuses them and newer records"
+            " would wait behind them: re-run with --drop-pending to drop them (counted in"
+            " sys/dropped)"
+        )
+    if not drop:
+        raise ProvisionError(
+            f"{device_id} has {pending} records in its buffer signed with the key a new key"
+            " replaces (the gateway would refuse them and newer records would wait behind"
+            " them): re-run with --drop-pending to drop them (counted in sys/dropped), or"
+            " let it drain: connect it to its gateway until its records are acknowledged,"
+            " then enroll again"
+        )
+    dropped, counter = device.drop_pending()
+    progress(f"dropped {dropped} records; the node's sys/dropped is now {counter}")
+    return pending, dropped
+
+
+def _key_fingerprint(key_hex: str | None) -> str | None:
+    return registry.fingerprint(key_hex) if key_hex and len(key_hex) == 64 else None
+
+
+def check_signing_keys(device: Device, device_id: str, opts: EnrollOptions) -> None:
+    """The node needs an operator key (else it refuses every COMMAND), and its release key
+    (optional: without one it refuses every update) must not be the operator key: a
+    leaked command key must not also install firmware."""
+    operator = opts.operator_pub.hex() if opts.operator_pub else device.read_hex(OPERATOR_PATH)
+    if operator is None:
+        raise ProvisionError(
+            f"{device_id} has no operator key, pass --operator-pub OPERATOR.pub"
+            " (create one with citysense-provision operator-key init)"
+        )
+    release = opts.release_pub.hex() if opts.release_pub else device.read_hex(RELEASE_PATH)
+    if release is not None and release == operator:
+        raise ProvisionError(
+            "the release key and the operator key are the same key, they must be separate:"
+            " pass the release .pub to --release-pub (create one with"
+            " citysense-provision release-key --out FILE)"
+        )
+
+
 def enroll(device: Device, opts: EnrollOptions, progress: Progress) -> dict[str, Any]:
     reg = registry.require_dir(opts.registry, create=True)
     if not os.access(reg, os.W_OK):
@@ -206,36 +283,41 @@ def enroll(device: Device, opts: EnrollOptions, progress: Progress) -> dict[str,
             "the citysense firmware on the node stores seqs in 32 bits, too few for the seq"
             " floor: run citysense-provision deploy first, then enroll again"
         )
-    if opts.operator_pub is None and device.read_hex(OPERATOR_PATH) is None:
-        raise ProvisionError(
-            f"{device_id} has no operator key, pass --operator-pub OPERATOR.pub"
-            " (create one with citysense-provision operator-key init)"
-        )
+    check_signing_keys(device, device_id, opts)
+    buffered: int | None = None  # not looked at when the key stays: its records verify
+    dropped: int | None = None
     if keep:
         public_key = str(current)
     else:
+        drainable = old is not None and old["status"] == "active" and current == old["public_key"]
+        buffered, dropped = pending_before_rekey(
+            device, device_id, opts.drop_pending, drainable, progress
+        )
         progress("generating the device key on the device")
         public_key = device.generate_key(KEY_NEW_PATH)
     progress("writing the configuration")
     previous = read_device_config(device)
     previous_id = previous.get("device_id") if previous else None
     config = build_config(device_id, previous, opts)
-    device.put(CONFIG_PATH, (json.dumps(config) + "\n").encode())
+    device.put(CONFIG_PATH, _config_bytes(config))
     if opts.operator_pub is not None:
         device.put(OPERATOR_PATH, opts.operator_pub)
+    if opts.release_pub is not None:
+        device.put(RELEASE_PATH, opts.release_pub)
     # before the registry makes the key valid: the node never signs a seq below the floor
     progress(f"writing the seq floor {floor} to {SEQ_PATH}")
     seq_before, seq_state = device.raise_seq_floor(floor)
     if seq_state > floor:
         progress(f"the node's seq state {seq_state} is above the floor: kept")
     operator = device.read_hex(OPERATOR_PATH)
+    release = device.read_hex(RELEASE_PATH)
     firmware = device_firmware_hash(device)
     if old is None:
-        entry = registry.new_entry(device_id, public_key, firmware)
+        entry = registry.new_entry(device_id, public_key, firmware, floor)
     elif keep:
         entry = dict(old, firmware_sha256=firmware)
     else:
-        entry = registry.replaced(old, public_key, firmware)
+        entry = registry.replaced(old, public_key, firmware, floor)
     path = registry.save(reg, entry)
     if not keep:
         device.rename(KEY_NEW_PATH, KEY_PATH)
@@ -254,19 +336,22 @@ def enroll(device: Device, opts: EnrollOptions, progress: Progress) -> dict[str,
         ),
         "registry_file": str(path),
         "firmware_sha256": firmware,
-        "operator_key_fingerprint": registry.fingerprint(operator)
-        if operator and len(operator) == 64
-        else None,
+        "operator_key_fingerprint": _key_fingerprint(operator),
+        "release_key_fingerprint": _key_fingerprint(release),
         "config": config,
         "target": "emulator" if device.is_emulator else "esp32",
         "previous_device_id": previous_id if previous_id != device_id else None,
         "seq_floor": floor,
         "seq_state_before": seq_before,
         "seq_state": seq_state,
+        "pending_records": buffered,
+        "pending_dropped": dropped,
     }
 
 
-def verify(device: Device, reg: Path, operator_pub: bytes | None) -> dict[str, Any]:
+def verify(
+    device: Device, reg: Path, operator_pub: bytes | None, release_pub: bytes | None = None
+) -> dict[str, Any]:
     """Compare what the device holds with the registry; `problems` empty = all good."""
     problems: list[str] = []
     config = read_device_config(device)
@@ -289,9 +374,14 @@ def verify(device: Device, reg: Path, operator_pub: bytes | None) -> dict[str, A
         problems.append(f"{OPERATOR_PATH} is missing: the node will refuse every COMMAND")
     elif operator_pub is not None and operator != operator_pub.hex():
         problems.append("the device's operator key differs from --operator-pub")
+    release = device.read_hex(RELEASE_PATH)
+    if release_pub is not None and release != release_pub.hex():
+        what = "is missing" if release is None else "differs from --release-pub"
+        problems.append(f"the device's release key {what}: it would refuse that release's updates")
     firmware = device_firmware_hash(device)
     return {
         "ok": not problems,
+        "release_key_fingerprint": _key_fingerprint(release),
         "problems": problems,
         "device_id": device_id,
         "public_key": public_key,

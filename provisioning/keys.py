@@ -1,17 +1,22 @@
-"""The fleet operator's Ed25519 key (signs COMMANDs): create it, read its public half."""
+"""The fleet's Ed25519 signing keys: create one, read its public half.
+
+Two keys, never the same one: the operator key signs COMMANDs, the release key signs
+firmware bundle manifests. Both are written the same way (private PKCS#8 PEM 0600, public
+`.pub` hex 0644, never overwritten) and their public files share one format
+(citysense_formats.operator_key), so a node holds each as 32 raw bytes in /config.
+"""
 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from citysense_formats import operator_key
 
 from .errors import ProvisionError
-
-_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 def write_new(path: Path, data: bytes, mode: int) -> None:
@@ -30,12 +35,11 @@ def write_new(path: Path, data: bytes, mode: int) -> None:
     os.chmod(path, mode)
 
 
-def init_operator_key(out: Path) -> str:
-    """Write OUT (PKCS#8 PEM, 0600) and OUT.pub (hex); returns the public key hex."""
+def _init_key(out: Path, what: str) -> str:
     pub_path = Path(str(out) + ".pub")
     for p in (out, pub_path):
         if p.exists():
-            raise ProvisionError(f"{p} already exists, refusing to overwrite an operator key")
+            raise ProvisionError(f"{p} already exists, refusing to overwrite {what}")
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM,
@@ -44,30 +48,39 @@ def init_operator_key(out: Path) -> str:
     )
     pub = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     write_new(out, pem, 0o600)
-    write_new(pub_path, pub.hex().encode() + b"\n", 0o644)
+    write_new(pub_path, operator_key.encode_hex(pub).encode(), 0o644)
     return pub.hex()
+
+
+def init_operator_key(out: Path) -> str:
+    """Write OUT (PKCS#8 PEM, 0600) and OUT.pub (hex); returns the public key hex."""
+    return _init_key(out, "an operator key")
+
+
+def init_release_key(out: Path) -> str:
+    """The release key (signs bundle manifests), written as init_operator_key writes."""
+    return _init_key(out, "a release key")
+
+
+def _read_pub(path: Path, what: str, option: str) -> bytes:
+    try:
+        with path.open("rb") as f:
+            data = f.read(operator_key.MAX_BYTES + 1)
+    except OSError as exc:
+        raise ProvisionError(
+            f"cannot read the {what} key {path} ({exc.strerror}), check {option}"
+        ) from exc
+    try:
+        return operator_key.parse(data)
+    except operator_key.OperatorKeyError as exc:
+        raise ProvisionError(f"{path} {exc}, pass the {what} .pub file to {option}") from exc
 
 
 def read_operator_pub(path: Path) -> bytes:
     """The operator public key (32 bytes) from a `.pub` hex file or a PEM public key."""
-    try:
-        text = path.read_text().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProvisionError(
-            f"cannot read the operator key {path} ({exc}), check --operator-pub"
-        ) from exc
-    if _HEX64.match(text):
-        return bytes.fromhex(text)
-    if "PRIVATE KEY" in text:
-        raise ProvisionError(
-            f"{path} is the operator's private key, pass its .pub file to --operator-pub"
-        )
-    try:
-        loaded = serialization.load_pem_public_key(text.encode())
-    except ValueError as exc:
-        raise ProvisionError(
-            f"{path} is neither 64 hex chars nor a PEM public key, pass the operator .pub file"
-        ) from exc
-    if not isinstance(loaded, Ed25519PublicKey):
-        raise ProvisionError(f"{path} is not an Ed25519 key, pass the operator .pub file")
-    return loaded.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return _read_pub(path, "operator", "--operator-pub")
+
+
+def read_release_pub(path: Path) -> bytes:
+    """The release public key (32 bytes), the same file format as the operator's."""
+    return _read_pub(path, "release", "--release-pub")

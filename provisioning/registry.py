@@ -3,23 +3,21 @@
 The gateway reads `public_key` and `status` of each entry. A replaced key is kept for the
 record under `previous_keys` (each with its `revoked_at`), which the gateway ignores: only
 `public_key` verifies, so an old key stops verifying as soon as the entry is rewritten.
+The format, read and written, is citysense_formats.registry_entry's (the gateway's too).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
-import os
-import re
 from pathlib import Path
 from typing import Any
 
+from citysense_formats import devid, registry_entry
+from citysense_formats.durable import replace_file
+
 from .errors import RegistryError
 
-DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-PUBKEY_RE = re.compile(r"^[0-9a-f]{64}$")
-MAX_ENTRY_BYTES = 64 * 1024
+MAX_ENTRY_BYTES = registry_entry.MAX_BYTES
 Entry = dict[str, Any]
 
 
@@ -29,32 +27,26 @@ def utc_now() -> str:
 
 def fingerprint(public_key_hex: str) -> str:
     """SHA-256 (hex) of the raw 32-byte public key: safe to log and compare."""
-    return hashlib.sha256(bytes.fromhex(public_key_hex)).hexdigest()
+    return registry_entry.fingerprint(bytes.fromhex(public_key_hex))
 
 
-def check_device_id(device_id: str) -> str:
-    if not DEVICE_ID_RE.match(device_id):
-        raise RegistryError(
-            f"invalid device id {device_id!r}, use 1-64 letters, digits, '.', '_' or '-'"
-            " starting with a letter or digit"
-        )
-    return device_id
+def check_device_id(device_id: str, what: str = "device id") -> str:
+    try:
+        return devid.check(device_id, what)
+    except devid.DeviceIdError as exc:
+        raise RegistryError(str(exc)) from None
 
 
 def _entry_path(registry: Path, device_id: str) -> Path:
     return registry / f"{check_device_id(device_id)}.json"
 
 
-def _validate(entry: Any, where: Path) -> Entry:
-    if not isinstance(entry, dict):
-        raise RegistryError(f"{where} is not a JSON object, restore it from backup")
-    pub = entry.get("public_key")
-    if not isinstance(pub, str) or not PUBKEY_RE.match(pub):
-        raise RegistryError(f"{where} has no valid public_key, restore it or re-enroll")
-    if entry.get("status") not in ("active", "revoked"):
-        raise RegistryError(f"{where} has an invalid status, restore it or re-enroll")
-    if entry.get("device_id") != where.stem:
-        raise RegistryError(f"{where} names another device_id, restore it from backup")
+def _parse(raw: bytes, where: Path) -> Entry:
+    try:
+        entry = registry_entry.loads(raw)
+        registry_entry.check(entry, where.stem)
+    except registry_entry.RegistryEntryError as exc:
+        raise RegistryError(f"{where}: {exc}; restore it from backup or re-enroll") from exc
     return entry
 
 
@@ -75,18 +67,13 @@ def require_dir(registry: Path, create: bool = False) -> Path:
 def load(registry: Path, device_id: str) -> Entry | None:
     path = _entry_path(registry, device_id)
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as f:
+            raw = f.read(MAX_ENTRY_BYTES + 1)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise RegistryError(f"cannot read {path} ({exc.strerror}), check permissions") from exc
-    if len(raw) > MAX_ENTRY_BYTES:
-        raise RegistryError(f"{path} is larger than {MAX_ENTRY_BYTES} bytes, restore it")
-    try:
-        entry = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RegistryError(f"{path} is not valid JSON ({exc}), restore it from backup") from exc
-    return _validate(entry, path)
+    return _parse(raw, path)
 
 
 def get(registry: Path, device_id: str) -> Entry:
@@ -111,21 +98,12 @@ def entries(registry: Path) -> list[Entry]:
 def save(registry: Path, entry: Entry) -> Path:
     """Write the entry atomically: temp file in the same dir, fsync, rename, fsync dir."""
     path = _entry_path(registry, entry["device_id"])
-    tmp = registry / f".{path.name}.tmp"
-    data = (json.dumps(entry, indent=2, sort_keys=True) + "\n").encode()
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dfd = os.open(registry, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        data = registry_entry.encode(entry)
+    except registry_entry.RegistryEntryError as exc:
+        raise RegistryError(f"refusing to write {path}: {exc} (a bug: please report it)") from exc
+    try:
+        replace_file(path, data, 0o644)
     except OSError as exc:
         raise RegistryError(
             f"cannot write {path} ({exc.strerror}), check that --registry is writable"
@@ -133,8 +111,10 @@ def save(registry: Path, entry: Entry) -> Path:
     return path
 
 
-def new_entry(device_id: str, public_key: str, firmware_sha256: str | None) -> Entry:
-    return {
+def new_entry(
+    device_id: str, public_key: str, firmware_sha256: str | None, seq_floor: int | None = None
+) -> Entry:
+    entry: Entry = {
         "device_id": device_id,
         "public_key": public_key,
         "status": "active",
@@ -143,9 +123,14 @@ def new_entry(device_id: str, public_key: str, firmware_sha256: str | None) -> E
         "firmware_sha256": firmware_sha256,
         "previous_keys": [],
     }
+    if seq_floor is not None:
+        entry["seq_floor"] = seq_floor
+    return entry
 
 
-def replaced(old: Entry, public_key: str, firmware_sha256: str | None) -> Entry:
+def replaced(
+    old: Entry, public_key: str, firmware_sha256: str | None, seq_floor: int | None = None
+) -> Entry:
     """A new active entry for the same id; the old key is kept as revoked history."""
     now = utc_now()
     history = list(old.get("previous_keys") or [])
@@ -157,7 +142,7 @@ def replaced(old: Entry, public_key: str, firmware_sha256: str | None) -> Entry:
             "reason": "replaced",
         }
     )
-    entry = new_entry(old["device_id"], public_key, firmware_sha256)
+    entry = new_entry(old["device_id"], public_key, firmware_sha256, seq_floor)
     entry["previous_keys"] = history
     return entry
 

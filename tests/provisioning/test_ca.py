@@ -183,3 +183,11 @@ REFUSALS = {
     "SSLV3_ALERT_HANDSHAKE_FAILURE",
     "PEER_DID_NOT_RETURN_A_CERTIFICATE",
 }
+
+
+def test_gateway_id_follows_the_device_id_rule(tmp_path: Path) -> None:
+    """The CN becomes the MQTT user and the topic level: '+', '#', '/' refused."""
+    for bad in ("gw+1", "gw#1", "site/gw"):
+        res = run_cli("gateway-cert", "--gateway-id", bad, "--out", str(tmp_path / "gw"))
+        assert_one_line_error(res, f"invalid gateway id {bad!r}: use 1-64 letters")
+    assert not (tmp_path / "gw").exists()

@@ -158,7 +158,9 @@ def test_enroll_errors(node: NodeRepl, tmp_path: Path) -> None:
     res = run_cli(
         "enroll", "--port", str(node.port), "--registry", str(reg), "--operator-pub", str(pub)
     )
-    assert_one_line_error(res, "is neither 64 hex chars nor a PEM public key")
+    assert_one_line_error(
+        res, "is not 64 hex chars (the .pub file) or an Ed25519 PEM public key", "--operator-pub"
+    )
     pub.write_text("ab" * 32)
     res = run_cli(
         "enroll",
@@ -172,6 +174,18 @@ def test_enroll_errors(node: NodeRepl, tmp_path: Path) -> None:
         "0",
     )
     assert_one_line_error(res, "--batch 0 is out of range, use 1..64")
+    # a device.json bigger than the node reads (it would boot with config-corrupt)
+    sensors = ",".join(f"s{i:07d}" for i in range(200))
+    res = run_cli(
+        "enroll", "--port", str(node.port), "--registry", str(reg), "--operator-pub", str(pub),
+        "--sensors", sensors,
+    )  # fmt: skip
+    assert_one_line_error(
+        res,
+        "the node would refuse this configuration (config: ",
+        "bytes, the node reads at most 2048), fix the options",
+    )
+    assert not (node.flash / "config" / "device.json").exists()
     assert list(reg.glob("*.json")) == []
 
 
@@ -184,7 +198,7 @@ def test_usage_and_registry_errors(tmp_path: Path) -> None:
     assert_one_line_error(res, "registry directory", "does not exist")
     (tmp_path / "bad.json").write_text("{not json")
     res = run_cli("registry", "list", "--registry", str(tmp_path))
-    assert_one_line_error(res, "bad.json is not valid JSON", "restore it")
+    assert_one_line_error(res, "bad.json: not valid JSON", "restore it")
     key = tmp_path / "op.key"
     assert run_cli("operator-key", "init", "--out", str(key)).code == 0
     res = run_cli("operator-key", "init", "--out", str(key))

@@ -4,9 +4,7 @@ enrollment), so a board replacing another under the same id continues above it."
 from __future__ import annotations
 
 import json
-import struct
 import time
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import pytest
 from prov_support import NodeRepl, assert_one_line_error, run_cli
 from test_enroll import deploy, enroll, operator_pub
 
+from citysense_formats import state_seq
 from provisioning import registry
 from provisioning.enroll import MIN_CLOCK_MS, seq_floor
 from provisioning.errors import ProvisionError
@@ -25,18 +24,14 @@ def ms() -> int:
 
 def seq_state(node: NodeRepl) -> int:
     """/state/seq as the node's SeqStore reads it: u64 LE || crc32 LE of those 8 bytes."""
-    raw = (node.flash / "state" / "seq").read_bytes()
-    assert len(raw) == 12
-    assert struct.unpack("<I", raw[8:])[0] == zlib.crc32(raw[:8])
-    value: int = struct.unpack("<Q", raw[:8])[0]
-    return value
+    return state_seq.decode((node.flash / "state" / "seq").read_bytes())
 
 
 def set_seq_state(node: NodeRepl, value: int | None, raw: bytes | None = None) -> None:
     (node.flash / "state").mkdir(exist_ok=True)
     if raw is None:
-        raw = struct.pack("<Q", value)
-        raw += struct.pack("<I", zlib.crc32(raw))
+        assert value is not None
+        raw = state_seq.encode(value)
     (node.flash / "state" / "seq").write_bytes(raw)
 
 
@@ -55,6 +50,8 @@ def test_enroll_raises_the_seq_state_to_the_floor_never_lowers_it(
     assert isinstance(floor, int) and t0 <= floor <= t1
     assert (first["seq_state_before"], first["seq_state"]) == (None, floor)
     assert seq_state(node) == floor
+    # the registry entry carries the key's floor (the gateway's replay state per key)
+    assert registry.get(registry_dir, "kerb-7")["seq_floor"] == floor
     audit = json.loads(audit_log.read_text().splitlines()[-1])
     assert (audit["what"], audit["seq_floor"], audit["seq_state"]) == ("enroll", floor, floor)
 
@@ -74,6 +71,9 @@ def test_enroll_raises_the_seq_state_to_the_floor_never_lowers_it(
     assert isinstance(rotated["seq_floor"], int) and rotated["seq_floor"] < high
     assert (rotated["seq_state_before"], rotated["seq_state"]) == (high, high)
     assert seq_state(node) == high
+    entry = registry.get(registry_dir, "kerb-7")
+    assert entry["seq_floor"] == rotated["seq_floor"]  # the new key's, not the old one's
+    assert "seq_floor" not in entry["previous_keys"][0]
 
     # a small value (a board enrolled before the floor existed) and a corrupt file: the
     # floor replaces them

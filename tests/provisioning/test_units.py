@@ -44,10 +44,24 @@ def test_replace_keeps_history_and_revoke(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "error"),
     [
-        ("[]", "is not a JSON object"),
-        ('{"device_id": "n-1", "public_key": "xyz", "status": "active"}', "no valid public_key"),
-        ('{"device_id": "n-1", "public_key": "' + PUB_A + '", "status": "on"}', "invalid status"),
-        ('{"device_id": "n-2", "public_key": "' + PUB_A + '", "status": "active"}', "another"),
+        ("[]", "n-1.json: expected a JSON object; restore it from backup or re-enroll"),
+        (
+            '{"device_id": "n-1", "public_key": "xyz", "status": "active"}',
+            "public_key: expected 64 lowercase hex chars",
+        ),
+        (
+            '{"device_id": "n-1", "public_key": "' + "AB" * 32 + '", "status": "active"}',
+            "public_key: expected 64 lowercase hex chars",
+        ),
+        (
+            '{"device_id": "n-1", "public_key": "' + PUB_A + '", "status": "on"}',
+            "status: expected 'active' or 'revoked', got 'on'",
+        ),
+        (
+            '{"device_id": "n-2", "public_key": "' + PUB_A + '", "status": "active"}',
+            "device_id 'n-2' does not match the file name 'n-1'.json",
+        ),
+        ("[" * 66000, "larger than 65536 bytes"),
     ],
 )
 def test_registry_rejects_bad_entries(tmp_path: Path, content: str, error: str) -> None:
@@ -79,7 +93,10 @@ def test_operator_key(tmp_path: Path) -> None:
     assert keys.read_operator_pub(Path(f"{out}.pub")) == raw
     with pytest.raises(ProvisionError, match="refusing to overwrite"):
         keys.init_operator_key(out)
-    with pytest.raises(ProvisionError, match=r"pass its \.pub file"):
+    with pytest.raises(
+        ProvisionError,
+        match=r"op\.key is a private key, not the public one, pass the operator \.pub file",
+    ):
         keys.read_operator_pub(out)
     pem = tmp_path / "op.pem"
     pem.write_bytes(
