@@ -1,0 +1,1 @@
+"""citysense cloud side: operator commands, record ingest, the completeness ledger."""
