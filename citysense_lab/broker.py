@@ -43,14 +43,24 @@ class Mosquitto:
 
     kind = "mosquitto"
 
-    def __init__(self, workdir: Path, port: int, tls: BrokerTLS | None, acl: str | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        port: int,
+        tls: BrokerTLS | None,
+        acl: str | None = None,
+        *,
+        persistence: bool = True,
+        limits: tuple[int, int] = (100, 100_000),
+    ):
+        """`limits`: (max_inflight_messages, max_queued_messages), 0 = unlimited."""
         self.workdir = workdir
         self.port = port
         self.tls = tls
         self.conf = workdir / "mosquitto.conf"
         lines = [
             "per_listener_settings false",
-            "persistence true",
+            f"persistence {'true' if persistence else 'false'}",
             f"persistence_location {workdir}/",
             "autosave_interval 1",
             "log_dest stdout",
@@ -58,8 +68,8 @@ class Mosquitto:
             "log_type warning",
             "log_type notice",
             "log_type subscribe",
-            "max_inflight_messages 100",
-            "max_queued_messages 100000",
+            f"max_inflight_messages {limits[0]}",
+            f"max_queued_messages {limits[1]}",
             f"listener {port} 127.0.0.1",
         ]
         if os.geteuid() == 0:
@@ -91,7 +101,12 @@ class Mosquitto:
             [mosquitto_path(), "-c", str(self.conf)],
             self.workdir / "mosquitto.log",
         ).start()
-        wait_until(lambda: _port_open(self.port), timeout, f"mosquitto on port {self.port}")
+        wait_until(self._up, timeout, f"mosquitto on port {self.port}")
+
+    def _up(self) -> bool:
+        if self.proc is not None and not self.proc.alive():
+            raise RuntimeError(f"mosquitto exited at start: {self.log()[-2000:]}")
+        return _port_open(self.port)
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -105,16 +120,48 @@ class Mosquitto:
         return (self.workdir / "mosquitto.log").read_text(errors="replace")
 
 
-def acl_for(gateway_ids: list[str], consumer: str = "consumer") -> str:
-    """Each gateway may write only under its own prefix; the consumer reads everything
-    and may send commands."""
+def acl_for(
+    gateway_ids: list[str],
+    consumer: str = "consumer",
+    operator: str = "operator",
+    ingest: str = "ingest",
+) -> str:
+    """Mosquitto acl_file text (user = the client certificate's CN). A gateway writes only
+    its own records, command-results, status and OTA reports and reads only its own
+    commands, the registry updates and the firmware bundles (for all, and its own); the
+    consumer reads everything and writes nothing; the cloud ingest reads the records and
+    nothing else (its `$share/<group>/...` subscription is checked against the filter
+    after the group); only the operator publishes commands, registry updates and bundles
+    (and reads the command results, the gateways' status and OTA reports). Anything not
+    granted is denied: a v5 publish outside these gets PUBACK 0x87. docs/operations.md
+    shows the same."""
     out: list[str] = []
     for gw in gateway_ids:
-        out += [f"user {gw}", f"topic readwrite citysense/v1/{gw}/#", ""]
+        out += [
+            f"user {gw}",
+            f"topic write citysense/v1/{gw}/+/records",
+            f"topic write citysense/v1/{gw}/+/command-results",
+            f"topic write citysense/v1/{gw}/status",
+            f"topic read citysense/v1/{gw}/+/commands",
+            "topic read citysense/v1/registry",
+            f"topic read citysense/v1/{gw}/registry",
+            "topic read citysense/v1/ota",
+            f"topic read citysense/v1/{gw}/ota",
+            f"topic write citysense/v1/{gw}/ota-report",
+            "",
+        ]
+    out += [f"user {consumer}", "topic read citysense/v1/#", ""]
+    out += [f"user {ingest}", "topic read citysense/v1/+/+/records", ""]
     out += [
-        f"user {consumer}",
-        "topic read citysense/v1/#",
+        f"user {operator}",
         "topic write citysense/v1/+/+/commands",
+        "topic write citysense/v1/registry",
+        "topic write citysense/v1/+/registry",
+        "topic write citysense/v1/ota",
+        "topic write citysense/v1/+/ota",
+        "topic read citysense/v1/+/+/command-results",
+        "topic read citysense/v1/+/status",
+        "topic read citysense/v1/+/ota-report",
         "",
     ]
     return "\n".join(out)

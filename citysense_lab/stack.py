@@ -3,9 +3,11 @@
 A `Lab` makes a certificate authority and certificates with `citysense-provision`, starts
 a real broker (Mosquitto with mTLS and an ACL when it is installed, else amqtt), enrolls
 emulated nodes through their REPL exactly as a technician would (`deploy`, `enroll`),
-runs them with `citysense-emulator run`, runs the gateway as a process and verifies
-everything that reaches the broker with an independent consumer. Every process is in its
-own process group and is stopped by `close()`.
+runs them with `citysense-emulator run`, runs the gateway as a process, and as the cloud
+side either verifies everything that reaches the broker with an independent consumer
+(`cloud="consumer"`, any broker) or runs `citysense-cloud ingest` into SQLite
+(`cloud="ingest"`, Mosquitto: the ingest needs MQTT 5). Every process is in its own
+process group and is stopped by `close()`.
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from citysense_formats import registry_entry
+
 from .broker import AmqttBroker, BrokerTLS, Mosquitto, acl_for, have_mosquitto
 from .consumer import Consumer
+from .ingest import CloudIngest
 from .noise import NoiseConfig, NoiseProxy
 from .procs import Proc, Reaper, wait_until
 from .relay import Relay
@@ -48,6 +53,11 @@ def tool(name: str) -> str:
 
 class LabError(RuntimeError):
     pass
+
+
+BROKER_QUEUE_LIMIT = 100_000
+"""Mosquitto's max_queued_messages in the lab (its default 1000 silently drops what is
+queued for an offline session beyond it; hours of the lab's traffic fit in this)."""
 
 
 @dataclass
@@ -93,7 +103,9 @@ class LabOptions:
     noise: NoiseConfig | None = None
     heap: str = "96k"
     metrics: bool = True
+    metrics_token: str | None = None  # the status page and /metrics then need it
     uplink_relay: bool = False  # gateway reaches the broker through a cuttable relay
+    cloud: str = "consumer"  # consumer | ingest (citysense-cloud ingest, needs Mosquitto)
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -118,8 +130,10 @@ class Lab:
         self.gateway: Proc | None = None
         self.gateway_starts = 0
         self.consumer: Consumer | None = None
+        self.ingest: CloudIngest | None = None
         self.relay: Relay | None = None
         self.op_key = self.dir / "operator" / "operator.key"
+        self.release_key = self.dir / "operator" / "release.key"  # signs firmware bundles
 
     # -- set-up ------------------------------------------------------------------------
     def provision(self, *args: str, timeout: float = 60.0) -> str:
@@ -138,13 +152,16 @@ class Lab:
             "ca", "broker-cert", "--ca", str(pki / "ca"), "--out", str(pki / "broker"),
             "--dns", "localhost", "--ip", "127.0.0.1",
         )  # fmt: skip
-        for who in (self.opts.gateway_id, "consumer"):
+        # client certificates (CN = the broker user the ACL names): the gateway, the
+        # consumer, the cloud ingest and the operator's command tool (command send)
+        for who in (self.opts.gateway_id, "consumer", "ingest", "operator"):
             self.provision(
                 "gateway-cert", "--gateway-id", who, "--out", str(pki / who),
                 "--ca", str(pki / "ca"),
             )  # fmt: skip
         self.op_key.parent.mkdir(exist_ok=True)
         self.provision("operator-key", "init", "--out", str(self.op_key))
+        self.provision("release-key", "--out", str(self.release_key))
 
     def tls(self, who: str) -> BrokerTLS:
         pki = self.dir / "pki"
@@ -162,8 +179,16 @@ class Lab:
         bdir = self.dir / "broker"
         bdir.mkdir(exist_ok=True)
         if kind == "mosquitto":
+            # the ingest's session must keep what is queued for it while it is away:
+            # max_queued_messages far above Mosquitto's default 1000 (docs/cloud.md)
             self.broker = Mosquitto(
-                bdir, self.broker_port, self.tls("broker"), acl_for([self.opts.gateway_id])
+                bdir, self.broker_port, self.tls("broker"), acl_for([self.opts.gateway_id]),
+                limits=(100, BROKER_QUEUE_LIMIT),
+            )  # fmt: skip
+        elif self.opts.cloud == "ingest":
+            raise LabError(
+                "the cloud ingest needs an MQTT 5 broker with shared subscriptions: "
+                "install mosquitto (apt-get install mosquitto); amqtt speaks MQTT 3.1.1 only"
             )
         else:
             self.broker = AmqttBroker(bdir, self.broker_port, self.tls("broker"))
@@ -194,6 +219,7 @@ class Lab:
             out = self.provision(
                 "enroll", "--port", str(repl), "--registry", str(self.registry),
                 "--device-id", device_id, "--operator-pub", f"{self.op_key}.pub",
+                *self._release_pub(),
                 "--interval", str(self.opts.interval_s), "--batch", str(self.opts.batch),
                 "--json", *extra,
             )  # fmt: skip
@@ -201,6 +227,10 @@ class Lab:
             proc.stop(timeout=5)
         summary: dict[str, Any] = json.loads(out)
         return flash, summary
+
+    def _release_pub(self) -> list[str]:
+        pub = Path(f"{self.release_key}.pub")
+        return ["--release-pub", str(pub)] if pub.exists() else []
 
     def enroll_node(self, i: int) -> Node:
         device_id = f"node-{i + 1}"
@@ -241,17 +271,38 @@ class Lab:
             )
         return lab
 
+    def cloud_config(self) -> Path:
+        """citysense-cloud's --config for the operator: the broker with the operator's
+        client certificate, the registry, the operator key, a state dir."""
+        tls = self.tls("operator")
+        path = self.dir / "cloud.toml"
+        path.write_text(
+            f"""[broker]
+url = "mqtts://localhost:{self.broker_port}"
+ca_file = "{tls.ca_file}"
+cert_file = "{tls.cert_file}"
+key_file = "{tls.key_file}"
+[registry]
+path = "{self.registry}"
+[operator]
+key_file = "{self.op_key}"
+[state]
+dir = "{self.dir / "cloud-state"}"
+"""
+        )
+        return path
+
     def registry_key(self, device_id: str) -> str:
-        entry = json.loads((self.registry / f"{device_id}.json").read_text())
-        return str(entry["public_key"])
+        data = (self.registry / f"{device_id}.json").read_bytes()
+        return registry_entry.parse(data, device_id).public_key.hex()
 
     def keys(self) -> dict[str, bytes]:
         """Every device's public key as the cloud knows it: the registry (revoked devices
         too: what they signed before revocation still verifies), plus the lab's nodes."""
         keys: dict[str, bytes] = {}
         for path in sorted(self.registry.glob("*.json")):
-            entry = json.loads(path.read_text())
-            keys[str(entry["device_id"])] = bytes.fromhex(entry["public_key"])
+            entry = registry_entry.parse(path.read_bytes(), path.stem)
+            keys[entry.device_id] = entry.public_key
         keys.update({n.device_id: n.public_key for n in self.nodes})
         return keys
 
@@ -284,6 +335,9 @@ class Lab:
             if self.relay is None:
                 self.relay = Relay(self.broker_port)
             port = self.relay.port
+        # amqtt speaks MQTT 3.1.1 only, and the gateway never falls back by itself
+        amqtt = self.broker is not None and self.broker.kind != "mosquitto"
+        protocol = 'protocol = "3.1.1"\n' if amqtt else ""
         text = f"""
 [gateway]
 id = "{self.opts.gateway_id}"
@@ -300,12 +354,20 @@ url = "mqtts://localhost:{port}"
 ca_file = "{tls.ca_file}"
 cert_file = "{tls.cert_file}"
 key_file = "{tls.key_file}"
-
+{protocol}
 [queue]
 max_bytes = "{self.opts.queue_max_bytes}"
+
+[time]
+# a lab runs where no NTP client may have synchronised the clock: send TIME anyway
+require_sync = false
 """
+        if Path(f"{self.release_key}.pub").exists():
+            text += f'\n[ota]\nrelease_key = "{self.release_key}.pub"\n'
         if self.opts.metrics:
             text += f'\n[metrics]\nlisten = "127.0.0.1:{self.metrics_port}"\n'
+            if self.opts.metrics_token:
+                text += f'token = "{self.opts.metrics_token}"\n'
         path = self.dir / "gateway.toml"
         path.write_text(text)
         return path
@@ -344,19 +406,35 @@ max_bytes = "{self.opts.queue_max_bytes}"
         self.consumer.start()
         return self.consumer
 
+    def start_ingest(self) -> CloudIngest:
+        """`citysense-cloud ingest` with the ingest's certificate into `cloud.sqlite3`."""
+        if self.ingest is None:
+            self.ingest = CloudIngest(
+                self.dir, self.broker_port, self.tls("ingest"), self.registry, tool, self.env
+            )
+        try:
+            self.reaper.add(self.ingest.start())
+        except (RuntimeError, AssertionError) as exc:
+            raise LabError(str(exc)) from exc
+        return self.ingest
+
     def prepare(self) -> None:
         """Certificates, operator key and enrolled nodes: what a technician does."""
-        self.say("certificates: CA, broker, gateway, consumer; operator key")
+        self.say("certificates: CA, broker, gateway, consumer, ingest; operator key")
         self.make_pki()
         for i in range(self.opts.nodes):
             node = self.enroll_node(i)
             self.say(f"enrolled {node.device_id} through its REPL")
 
     def run(self) -> None:
-        """Broker, consumer, nodes and gateway, on prepared certificates and nodes."""
+        """Broker, cloud side, nodes and gateway, on prepared certificates and nodes."""
         self.say("broker: starting")
         self.start_broker()
-        self.start_consumer()
+        if self.opts.cloud == "ingest":
+            self.say("cloud: citysense-cloud ingest (SQLite), subscribing")
+            self.start_ingest()
+        else:
+            self.start_consumer()
         for node in self.nodes:
             self.start_node(node)
         self.start_gateway()

@@ -8,7 +8,6 @@ dedup by (device, seq), that all signatures verify and per-device order is kept.
 
 from __future__ import annotations
 
-import json
 import random
 import subprocess
 import time
@@ -19,11 +18,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from ledger import FULL, assert_balanced, seconds, settle
 
+from citysense_formats import registry_entry
 from citysense_lab.hostile import HOSTILE_ID, HostileNode
 from citysense_lab.noise import NoiseConfig, NoiseProxy
 from citysense_lab.procs import wait_until
 from citysense_lab.stack import Lab, tool
-from gateway.protocol import Command, decode_command_result, sign_command
+from gateway.protocol import decode_command_result
 
 MakeLab = Callable[..., Lab]
 
@@ -141,7 +141,7 @@ def test_6_hostile_node(make_lab: MakeLab) -> None:
         .public_bytes(Encoding.Raw, PublicFormat.Raw)
     )
     entry = {"device_id": HOSTILE_ID, "public_key": pub.hex(), "status": "active"}
-    (lab.registry / f"{HOSTILE_ID}.json").write_text(json.dumps(entry))
+    (lab.registry / f"{HOSTILE_ID}.json").write_bytes(registry_entry.encode(entry))
     lab.run()
     hostile = HostileNode(lab.links / "hostile.tty", seed)
     hostile.start()
@@ -198,18 +198,23 @@ def lab_view(lab: Lab, nodes: list) -> Lab:  # type: ignore[type-arg]
 
 
 def test_8_command_from_the_cloud(make_lab: MakeLab) -> None:
+    """The operator's tool, with the operator's certificate (the only identity the
+    broker's ACL lets publish commands): signed, delivered, applied, result verified."""
     lab = make_lab(nodes=2)
     lab.run()
     _wait_flowing(lab)
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-    op = load_pem_private_key(lab.op_key.read_bytes(), None)
-    assert isinstance(op, Ed25519PrivateKey)
-    seed = op.private_bytes_raw()
     target = lab.nodes[0]
-    cmd = sign_command(seed, Command(int(time.time()), "set_interval", {"interval_s": 3}))
+    argv = [tool("citysense-cloud"), "--config", str(lab.cloud_config()), "command", "send",
+            "--gateway", lab.opts.gateway_id, "--device", target.device_id,
+            "set_interval", "interval_s=3", "--wait", "30"]  # fmt: skip
+    res = subprocess.run(argv, env=lab.env, capture_output=True, text=True, timeout=90)
+    assert res.returncode == 0, res.stderr
+    (line,) = res.stdout.splitlines()
+    assert line.startswith(f"applied: {target.device_id} command ")
+    assert line.endswith(
+        f" set_interval interval_s=3: interval_s=3 (result signed by {target.device_id}, verified)"
+    )
     assert lab.consumer is not None
-    lab.consumer.publish(f"citysense/v1/{lab.opts.gateway_id}/{target.device_id}/commands", cmd)
     wait_until(lambda: bool(lab.consumer.ledger.results), 30, "the signed command result")
     device, raw = lab.consumer.ledger.results[0]
     assert device == target.device_id

@@ -164,6 +164,7 @@ UDEV_RULES = REPO / "packaging" / "udev" / "99-citysense-serial.rules"
 GATEWAY_INPUTS = [
     REPO / "packaging",
     REPO / "gateway",
+    REPO / "citysense_formats",
     REPO / "pyproject.toml",
     REPO / "requirements" / "constraints.txt",
     UNIT,

@@ -5,14 +5,20 @@ loopback) -> a verifying consumer (paho-mqtt + cryptography, host)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import paho.mqtt.client as mqtt
+
+from citysense_formats import registry_entry
 from citysense_lab.broker import BrokerTLS, Mosquitto, acl_for
 from citysense_lab.consumer import Consumer
+from gateway.protocol.registry_update import ALL_GATEWAYS, RegistryUpdate, sign_update, topic_for
 
 from node import EmulatedNode
 from pki import LabCA
@@ -25,6 +31,8 @@ if TYPE_CHECKING:
 GATEWAY_ID = "gw-qemu"
 GUEST_TLS = "/etc/citysense/tls"
 GUEST_REGISTRY = "/etc/citysense/registry"
+GUEST_OPERATOR = "/etc/citysense/operator.pub"  # the guest's gateway.toml names it
+GUEST_SYNCED = "/var/lib/private/citysense/registry"  # StateDirectory= of a DynamicUser
 FLOW_TIMEOUT = 300.0
 
 
@@ -54,6 +62,8 @@ class Flow:
         _readable_by_mosquitto(broker.key, self.ca.ca_file)
         self.gateway = self.ca.issue(GATEWAY_ID)
         self.consumer_pair = self.ca.issue("consumer")
+        self.operator_pair = self.ca.issue("operator")
+        self.operator_seed = os.urandom(32)
         (work / "mosquitto").mkdir(exist_ok=True)
         self.broker = Mosquitto(
             work / "mosquitto",
@@ -92,7 +102,38 @@ class Flow:
         # the registry entry `citysense-provision enroll` wrote, unchanged
         entry = self.node.registry_entry()
         vm.put_file(f"{GUEST_REGISTRY}/{self.device_id}.json", entry, "0644")
+        vm.put_file(GUEST_OPERATOR, (self.operator_pub().hex() + "\n").encode(), "0644")
         vm.sh("sync")
+
+    def operator_pub(self) -> bytes:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        key = Ed25519PrivateKey.from_private_bytes(self.operator_seed)
+        return key.public_key().public_bytes_raw()
+
+    def publish_revocation(self) -> int:
+        """`citysense-cloud registry publish`'s message, as the operator: the node's entry
+        revoked, signed, retained for every gateway. Returns its version."""
+        obj = json.loads(self.node.registry_entry())
+        obj.update(status="revoked", revoked_at="2026-12-02T00:00:00Z")
+        entries = {self.device_id: registry_entry.encode(obj)}
+        version = int(time.time())
+        body = sign_update(self.operator_seed, RegistryUpdate(version, ALL_GATEWAYS, entries, 0))
+        c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id="operator", protocol=mqtt.MQTTv5
+        )
+        c.tls_set(str(self.ca.ca_file), str(self.operator_pair.cert), str(self.operator_pair.key))
+        c.connect("127.0.0.1", self.port)
+        c.loop_start()
+        try:
+            info = c.publish(topic_for(ALL_GATEWAYS), body, qos=1, retain=True)
+            info.wait_for_publish(30)
+            if not info.is_published():
+                raise AssertionError("the broker did not acknowledge the registry update")
+        finally:
+            c.disconnect()
+            c.loop_stop()
+        return version
 
     def delivered(self) -> set[int]:
         assert self.consumer is not None
@@ -239,4 +280,40 @@ def _run(scn: Scenario, flow: Flow) -> None:
         f"end: all {len(final)} records the node created reached the broker "
         f"({n} unique, byte-identical; {dups} duplicate deliveries, deduped by seq; "
         f"{node.bridge.dropped} node bytes dropped while the VM was off)"
+    )
+
+    # 5. A registry update from the broker under the real unit, whose /etc/citysense is
+    # read-only: applied into the state directory, the revocation in force.
+    check_registry_sync(vm, flow)
+
+
+def check_registry_sync(vm: Vm, flow: Flow) -> None:
+    local = f"{GUEST_REGISTRY}/{flow.device_id}.json"
+    before = hashlib.sha256(flow.node.registry_entry()).hexdigest()
+    t0 = time.monotonic()
+    version = flow.publish_revocation()
+    written = f"event=registry-written version={version} entries=1"
+    show = f"citysense-gateway device show {flow.device_id} --config /etc/citysense/gateway.toml"
+    grep = "journalctl -u citysense-gateway -o cat --no-pager | grep -E 'registry-(written|update)'"
+    deadline = t0 + 60
+    while True:
+        _, journal = vm.sh(f"{grep} | tail -n 5", timeout=60, check=False)
+        if written in journal:
+            break
+        if "registry-update-failed" in journal or time.monotonic() > deadline:
+            raise AssertionError(f"registry update {version} not applied: {journal.strip()!r}")
+        time.sleep(1.0)
+    _, info = vm.sh(f"{show} --json", timeout=60)
+    shown, _ = json.JSONDecoder().raw_decode(info[info.index("{") :])
+    status = (shown.get("registry") or {}).get("status")
+    if status != "revoked":
+        raise AssertionError(f"after registry update {version} the node is {status!r}")
+    _, synced = vm.sh(f"sha256sum {GUEST_SYNCED}/{flow.device_id}.json {local}", timeout=60)
+    sums = [line.split()[0] for line in synced.splitlines() if line.strip()]
+    if len(sums) != 2 or sums[1] != before or sums[0] == before:
+        raise AssertionError(f"synced copy and /etc entry: {synced.strip()!r}")
+    passed(
+        f"registry update {version} from the broker applied under the unit's read-only "
+        f"/etc/citysense in {time.monotonic() - t0:.1f} s: written to {GUEST_SYNCED}, the "
+        f"node revoked (device show), {local} untouched"
     )
