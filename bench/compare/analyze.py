@@ -19,6 +19,24 @@ def read_acks(path: Path) -> dict[Key, float]:
     return acks
 
 
+def read_latency(path: Path) -> list[tuple[float, float]]:
+    """(time of the acknowledgement, seconds since the message was last sent)."""
+    out = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2:
+                out.append((float(parts[0]), float(parts[1])))
+    return out
+
+
+def quantile_ms(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    return round(1000 * v[min(len(v) - 1, int(q * len(v)))], 2)
+
+
 def read_arrivals(path: Path) -> list[tuple[int, int, float, int]]:
     out = []
     if path.exists():
@@ -35,6 +53,7 @@ def figures(
     ev: dict[str, Any],
     snaps: list[dict[str, float]],
     rss: list[tuple[float, float]],
+    latency: list[tuple[float, float]] | None = None,
 ) -> dict[str, Any]:
     first: dict[Key, float] = {}
     dup_system = dup_consumer_leg = reordered = 0
@@ -92,6 +111,7 @@ def figures(
         prev = tk
     outage_lost = sum(1 for k, t in acks.items() if down <= t < up and k not in first)
     steady_rss = [r for t, r in rss if t0 <= t < steady_end]
+    steady_lat = [d for t, d in latency or [] if t0 <= t < steady_end]
     return {
         "acked": len(acks),
         "delivered_unique": unique,
@@ -118,6 +138,12 @@ def figures(
         "disk_write_bytes_total": s2["write_bytes"],
         "rss_steady_mean_bytes": round(sum(steady_rss) / len(steady_rss)) if steady_rss else None,
         "rss_max_sampled_bytes": max((r for _, r in rss), default=None),
+        "ack_latency_steady_ms": {
+            "n": len(steady_lat),
+            "p50": quantile_ms(steady_lat, 0.50),
+            "p99": quantile_ms(steady_lat, 0.99),
+            "max": quantile_ms(steady_lat, 1.0),
+        },
         "kills": kills,
         "warmup_s": ev.get("info", {}).get("warmup_s"),
         "timeline_s": {k: round(v - t0, 2) for k, v in ev.items() if isinstance(v, float)},
@@ -169,6 +195,10 @@ ROWS = [
         ),
     ),
     (
+        "ACK latency to the sender, steady (p50 / p99)",
+        lambda s: f"{s['ack_latency_steady_ms']['p50']} / {s['ack_latency_steady_ms']['p99']} ms",
+    ),
+    (
         "resident memory (steady mean / peak)",
         lambda s: f"{_mib(s['rss_steady_mean_bytes'])} / {_mib(s['peak_rss_bytes'])}",
     ),
@@ -208,4 +238,49 @@ def table(result: dict[str, Any]) -> str:
             else:
                 cells.append("n/a")
         lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _ratio(a: object, b: object) -> float | None:
+    if not isinstance(a, int | float) or not isinstance(b, int | float) or not b:
+        return None
+    return round(a / b, 2)
+
+
+GOALS: list[tuple[str, str, str, str, float, bool]] = [
+    # (label, figure, against: system name or "verify", bound, True if "at most")
+    ("disk bytes/record, steady", "disk_bytes_per_record_steady", "tb", "x tb", 0.5, True),
+    ("CPU/record, whole run", "cpu_s_per_1000_whole_run", "verify", "x raw verify", 3.0, True),
+    ("CPU/record, whole run", "cpu_s_per_1000_whole_run", "tb", "x tb", 0.3, True),
+    ("backlog drain rate", "drain_throughput_records_per_s", "bridge", "x bridge", 0.6, False),
+    ("resident memory, steady", "rss_steady_mean_bytes", "tb", "x tb", 0.6, True),
+]
+
+
+def goals(result: dict[str, Any]) -> str:
+    """citysense's figures as ratios to the peers and the raw verify cost of the same run,
+    against issue 17's goals."""
+    systems = result["systems"]
+    cs = systems.get("citysense")
+    if cs is None:
+        return ""
+    lines = [
+        "| goal (issue 17) | citysense | against | ratio | bound | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, key, peer, unit, bound, at_most in GOALS:
+        if peer == "verify":
+            ref = result.get("verify_cpu_s_per_1000")
+        else:
+            ref = systems.get(peer, {}).get(key)
+        r = _ratio(cs.get(key), ref)
+        met = "n/a" if r is None else ("yes" if (r <= bound if at_most else r >= bound) else "NO")
+        op = "<=" if at_most else ">="
+        mine, theirs = cs.get(key), ref
+        if key.startswith("rss"):
+            mine, theirs = _mib(mine), _mib(theirs)  # type: ignore[arg-type]
+        lines.append(f"| {label} | {mine} | {theirs} | {r} {unit} | {op} {bound} | {met} |")
+    p99 = (cs.get("ack_latency_steady_ms") or {}).get("p99")
+    met = "n/a" if p99 is None else ("yes" if p99 <= 50 else "NO")
+    lines.append(f"| ACK latency p99, steady 200/s | {p99} ms | - | - | <= 50 ms | {met} |")
     return "\n".join(lines)

@@ -109,6 +109,22 @@ def wait_until(pred: Any, timeout: float, step: float = 0.25) -> bool:
     return bool(pred())
 
 
+def verify_cpu_s_per_1000(seconds: float = 2.0) -> float:
+    """CPU seconds per 1,000 raw Ed25519 verifies of a 400-byte message (`cryptography`,
+    what the gateway calls once per record): the floor of citysense's CPU per record."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    msg = os.urandom(400)
+    sig, pub = key.sign(msg), key.public_key()
+    n, c0 = 0, time.process_time()
+    while time.process_time() - c0 < seconds:
+        for _ in range(200):
+            pub.verify(sig, msg)
+        n += 200
+    return 1000 * (time.process_time() - c0) / n
+
+
 def run_system(name: str, root: Path, ph: Phases, seed: int, sources: int) -> dict[str, Any]:
     d = root / name
     cloud_port = procs.free_port()
@@ -248,7 +264,8 @@ def run_system(name: str, root: Path, ph: Phases, seed: int, sources: int) -> di
         procs.stop(cloud)
     acks = analyze.read_acks(src_dir / "acks.log")
     arrivals = analyze.read_arrivals(con_dir / "arrivals.log")
-    res = analyze.figures(acks, arrivals, events, [snap0, snap1, snap2], sampler.rss)
+    latency = analyze.read_latency(src_dir / "latency.log")
+    res = analyze.figures(acks, arrivals, events, [snap0, snap1, snap2], sampler.rss, latency)
     res["system"] = name
     res["own_process"] = system.own.name
     res["processes"] = {
@@ -280,7 +297,10 @@ def main() -> int:
     ap.add_argument("--table", metavar="JSON", help="print the table of an earlier result and exit")
     args = ap.parse_args()
     if args.table:
-        print(analyze.table(json.loads(Path(args.table).read_text())))
+        earlier = json.loads(Path(args.table).read_text())
+        print(analyze.table(earlier))
+        print()
+        print(analyze.goals(earlier))
         return 0
     scale = 0.05 if args.smoke else args.duration_scale
     names = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -315,6 +335,7 @@ def main() -> int:
         "host": {"cpus": os.cpu_count(), "kernel": os.uname().release},
         "systems": {},
     }
+    result["verify_cpu_s_per_1000"] = round(verify_cpu_s_per_1000(), 4)
     try:
         for n in names:
             result["systems"][n] = run_system(n, root, ph, args.seed, args.sources)
@@ -328,6 +349,9 @@ def main() -> int:
         if not args.workdir:
             shutil.rmtree(root, ignore_errors=True)
     print(analyze.table(result))
+    print()
+    print(f"raw Ed25519 verify: {result['verify_cpu_s_per_1000']} CPU s per 1,000 (same run)")
+    print(analyze.goals(result))
     print(f"raw figures: {out}")
     return 0
 

@@ -14,8 +14,10 @@ pty:  scripted citysense nodes: a raw pty pair per source (symlink D/tty-NN) dri
       which the firmware treats as an ACK); with stop-and-wait that is the record's own ACK
       (status.json counts any deletion that was not: acked_by_higher_seq, acked_never_sent).
 
-Every acknowledgement is appended to D/acks.log as `source seq monotonic_time`; D/status.json
-holds running totals. SIGTERM stops publishing, flushes the log and exits.
+Every acknowledgement is appended to D/acks.log as `source seq monotonic_time`, and the
+latency of a record's own acknowledgement (last send -> ACK/PUBACK) to D/latency.log as
+`monotonic_time seconds`; D/status.json holds running totals. SIGTERM stops publishing,
+flushes the log and exits.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class AckLog:
     def __init__(self, d: Path) -> None:
         self.dir = d
         self.f = (d / "acks.log").open("a", buffering=1 << 16)
+        self.lat = (d / "latency.log").open("a", buffering=1 << 16)
         self.lock = threading.Lock()
         self.acked = 0
         self.sent = 0
@@ -49,9 +52,13 @@ class AckLog:
         self.extra: Callable[[], dict[str, int]] | None = None  # more totals (pty nodes)
         self.last_status = 0.0
 
-    def ack(self, src: int, seq: int) -> None:
+    def ack(self, src: int, seq: int, sent: float | None = None) -> None:
+        """`sent`: when the message this acknowledgement answers was last sent."""
         with self.lock:
-            self.f.write(f"{src} {seq} {time.monotonic():.4f}\n")
+            now = time.monotonic()
+            self.f.write(f"{src} {seq} {now:.4f}\n")
+            if sent is not None:
+                self.lat.write(f"{now:.4f} {now - sent:.5f}\n")
             self.acked += 1
 
     def count(self, what: str) -> None:
@@ -65,6 +72,7 @@ class AckLog:
         self.last_status = now
         with self.lock:
             self.f.flush()
+            self.lat.flush()
             data = {"acked": self.acked, "sent": self.sent, **self.other}
         if self.extra is not None:
             data.update(self.extra())
@@ -75,6 +83,7 @@ class AckLog:
     def close(self) -> None:
         self.status(force=True)
         self.f.close()
+        self.lat.close()
 
 
 def json_record(src: int, seq: int) -> bytes:
@@ -100,18 +109,18 @@ def run_mqtt(args: argparse.Namespace, log: AckLog, stop: threading.Event) -> No
     import paho.mqtt.client as mqtt
 
     clients: list[Any] = []
-    pending: list[dict[int, int]] = []
+    pending: list[dict[int, tuple[int, float]]] = []
     early: list[set[int]] = []
     locks: list[threading.Lock] = []
 
     def make(i: int) -> Any:
         def on_publish(c: Any, u: Any, mid: int, rc: Any = None, props: Any = None) -> None:
             with locks[i]:
-                seq = pending[i].pop(mid, None)
-                if seq is None:
+                entry = pending[i].pop(mid, None)
+                if entry is None:
                     early[i].add(mid)
                     return
-            log.ack(i, seq)
+            log.ack(i, entry[0], entry[1])
 
         c = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
@@ -136,6 +145,7 @@ def run_mqtt(args: argparse.Namespace, log: AckLog, stop: threading.Event) -> No
     while not stop.is_set():
         for i, c in enumerate(clients):
             seq[i] += 1
+            t_pub = time.monotonic()
             info = c.publish(f"bench/src-{i:02d}/data", json_record(i, seq[i]), qos=1)
             log.sent += 1
             with locks[i]:
@@ -143,10 +153,10 @@ def run_mqtt(args: argparse.Namespace, log: AckLog, stop: threading.Event) -> No
                     early[i].discard(info.mid)
                     acked = True
                 else:
-                    pending[i][info.mid] = seq[i]
+                    pending[i][info.mid] = (seq[i], t_pub)
                     acked = False
             if acked:
-                log.ack(i, seq[i])
+                log.ack(i, seq[i], t_pub)
         log.status()
         next_t += args.interval
         stop.wait(max(0.0, next_t - time.monotonic()))
@@ -195,6 +205,7 @@ class MemBuffer:
         self._seqs: list[int] = []
         self._bodies: list[bytes] = []
         self.sent: set[int] = set()
+        self.sent_at: dict[int, float] = {}  # seq -> its last send (ACK latency)
         self.high_water = 0
         self.reason = "ack"  # what the link is processing: "ack" or "replay"
 
@@ -222,6 +233,7 @@ class MemBuffer:
         if seq in self.sent:
             self.log.count("retransmitted_records")
         self.sent.add(seq)
+        self.sent_at[seq] = time.monotonic()
         return self._bodies[i]
 
     def ack(self, seq: int) -> int:
@@ -229,7 +241,8 @@ class MemBuffer:
         if not k:
             return 0
         for s in self._seqs[:k]:
-            self.log.ack(self.node.i, s)
+            sent = self.sent_at.pop(s, None)
+            self.log.ack(self.node.i, s, sent if s == seq and self.reason == "ack" else None)
             if self.reason == "replay":
                 self.log.count("acked_by_nack_replay")
             if s not in self.sent:

@@ -120,9 +120,13 @@ url = "mqtt://127.0.0.1:{cloud_port}"
 
 [queue]
 max_bytes = "512MB"
+{os.environ.get("BENCH_CITYSENSE_QUEUE", "")}
 
 [metrics]
 listen = "127.0.0.1:{free_port()}"
+
+[time]
+require_sync = false
 """
         )
         self.conf = conf

@@ -123,15 +123,19 @@ def test_busy_keeps_the_record_replay_deletes_it(
     assert '"nack_busy": 1' in status and '"acked_by_nack_replay": 1' in status
 
 
-def test_ack_of_a_higher_seq_is_counted(
+def test_ack_above_what_was_sent_deletes_nothing(
     env: tuple[sources.PtyNode, Peer, sources.AckLog], tmp_path: Path
 ) -> None:
     node, peer, log = env
     for _ in range(3):
         node.tick()
     assert peer.records(0) == [1]
-    # a cumulative ACK beyond what was sent deletes unsent records: counted, not hidden
+    # the firmware link ignores an ACK above the highest seq it has sent (forged or
+    # stale: it would cover records never sent), counting it, and deletes nothing
     peer.send(FrameType.ACK, encode_ack(2))
-    assert peer.records(100) == [3]
-    assert acked(tmp_path, log) == [1, 2]
-    assert log.other.get("acked_never_sent") == 1
+    assert peer.records(100) == []
+    assert (node.fw.bad_acks, len(node.buffer)) == (1, 3)
+    peer.send(FrameType.ACK, encode_ack(1))
+    assert peer.records(200) == [2]
+    assert acked(tmp_path, log) == [1]
+    assert "acked_never_sent" not in log.other
