@@ -28,7 +28,7 @@ apt_install() {
 }
 
 if [ "$profile" = "dev" ]; then
-    apt_install mosquitto socat systemd
+    apt_install mosquitto socat systemd chromium postgresql
 fi
 
 if [ ! -x .venv/bin/python ]; then

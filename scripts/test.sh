@@ -14,11 +14,14 @@ scripts/setup.sh dev
 stage "lint: ruff"
 ruff check .
 
-stage "types: mypy gateway/ provisioning/ emulator/"
+stage "types: mypy (strict: gateway, provisioning, emulator, citysense_lab, citysense_formats, cloud)"
 mypy
 
 stage "firmware: mpy-cross -march=xtensawin and type check against ESP32 stubs"
 scripts/check_firmware.sh
+
+stage "package: wheel installed outside the checkout (scripts/wheel_check.sh)"
+scripts/wheel_check.sh
 
 stage "tests: pytest (unit, firmware under micropython, whole-system)"
 set +e
