@@ -6,7 +6,9 @@ reuse names the app has (each new name is a qstr, kept for the whole boot).
 The pointer `ota/boot` is "<current> <previous> <trial> <tries>" (slot names "s<seq>",
 "-" for none; citysense/slots.py describes the layout):
 - no trial: run `current` (apps/<current>), or the factory app in lib/ if it is "-";
-- trial, tries 0, the slot complete, no ota/why: the switch. tries := 1, run the trial;
+- trial, tries 0, the slot complete, no ota/why: the switch. What the staging had left
+  to remove after writing it (ota/ready, ota/new.csb: a power cut) is removed first,
+  then tries := 1, run the trial;
 - trial otherwise (it booted once and was not confirmed: it crashed, the watchdog or a
   power cut reset it, or ota/why says it failed to import or to be confirmed in time):
   roll back. The app then reports "rolled-back <version>: <why>" (sys/ota) and that
@@ -38,6 +40,11 @@ p = _text("ota/boot").split()
 if len(p) == 4 and p[2] != "-":
     m = _text("ota/why") or ("reset" if p[3] != "0" else "")
     if not m and _text("apps/%s/.ota" % p[2]):
+        for m in ("ota/ready", "ota/new.csb"):  # a staging cut after its switch left them:
+            try:  # main.py would take them for a new one, and its reset would end the trial
+                os.remove(m)
+            except OSError:
+                pass
         replace("ota/boot", "%s %s %s 1\n" % (p[0], p[1], p[2]))
         p[0] = p[2]  # the switch: this boot runs the trial
     else:

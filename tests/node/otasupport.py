@@ -111,7 +111,13 @@ class Stack:
         return self.d / "flash" / device
 
     def add_node(
-        self, device: str, uid: str, *, interval: int = 1, release_pub: bool = True
+        self,
+        device: str,
+        uid: str,
+        *,
+        interval: int = 1,
+        release_pub: bool = True,
+        start: bool = True,
     ) -> None:
         seed = os.urandom(32)
         write_entry(self.d / "registry", Node(device, seed))
@@ -121,7 +127,8 @@ class Stack:
         (flash / "config" / "device.key").write_bytes(seed)
         if release_pub:
             (flash / "config" / "release.pub").write_bytes(public_key(RELEASE_SEED))
-        self.start_node(device, uid)
+        if start:
+            self.start_node(device, uid)
 
     def start_node(self, device: str, uid: str = "") -> None:
         uid = uid or self.nodes[device].argv[-1]
@@ -153,12 +160,15 @@ class Stack:
         return [n for _, r in self.records(device) for n in r.get("sys/ota", [])]
 
     def wait_note(self, device: str, prefix: str, timeout: float = 90) -> str:
-        wait_until(
-            lambda: any(n.startswith(prefix) for n in self.ota_notes(device)),
-            timeout,
-            f"sys/ota {prefix!r} from {device} (got {self.ota_notes(device)})",
-            interval=0.3,
-        )
+        try:
+            wait_until(
+                lambda: any(n.startswith(prefix) for n in self.ota_notes(device)),
+                timeout,
+                f"sys/ota {prefix!r} from {device}",
+                interval=0.3,
+            )
+        except AssertionError as exc:  # the notes as they are now, not as they were at the start
+            raise AssertionError(f"{exc}: got {self.ota_notes(device)}") from None
         return next(n for n in self.ota_notes(device) if n.startswith(prefix))
 
     def fw(self, device: str) -> list[str]:

@@ -12,7 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from otasupport import Stack, make_bundle, patched_lib
+from nodeproc import compiled_lib
+from otasupport import Stack, lib_files, make_bundle, patched_lib
 
 from citysense_formats import bundle
 from citysense_lab.procs import wait_until
@@ -156,6 +157,38 @@ def test_rollback_of_an_app_that_raises_at_import_and_one_never_confirmed(
         wait_until(lambda d=device, k=n: len(stack.records(d)) > k + 1, 30, "records after")
         _no_record_lost(stack, device)
         stack.retire(device)
+
+
+def test_a_cut_after_the_switch_before_its_leftovers_are_gone_still_runs_the_trial(
+    stack: Stack,
+) -> None:
+    """The staging boot writes the switch (pointer: trial, tries 0), then removes the
+    bundle file and `ota/ready`. Power cut between the two: the next boot must run the
+    trial and confirm it. It used to see `ota/ready`, find the switch written, drop the
+    leftovers and reset: that reset killed the trial (tries 1) and the node rolled back
+    a good release ("rolled-back 0.2.0: reset soft"), a random outcome of the power-cut
+    test below."""
+    stack.add_node("ota-k1", "02cc00000001", start=False)
+    flash = stack.flash("ota-k1")
+    data = make_bundle("0.2.0", 2)
+    slot = flash / "apps" / "s2"
+    for rel, blob in lib_files(compiled_lib()):
+        (slot / rel).parent.mkdir(parents=True, exist_ok=True)
+        (slot / rel).write_bytes(blob)
+    (slot / ".ota").write_text("0.2.0 2\n")
+    ota = flash / "ota"
+    ota.mkdir(exist_ok=True)
+    (ota / "boot").write_text("- - s2 0\n")  # the switch, as ota.apply writes it
+    (ota / "new.csb").write_bytes(data)  # what apply removes after the switch
+    (ota / "ready").write_text(bundle.bundle_id(data) + "\n")
+    stack.start_node("ota-k1", "02cc00000001")
+    assert stack.wait_note("ota-k1", "confirmed", 90) == "confirmed 0.2.0"
+    assert stack.ota_notes("ota-k1") == ["trial 0.2.0", "confirmed 0.2.0"]
+    assert (ota / "boot").read_text() == "s2 - - 0\n"
+    assert not (ota / "ready").exists() and not (ota / "new.csb").exists()
+    assert not (ota / "failed").exists()
+    _no_record_lost(stack, "ota-k1")
+    stack.retire("ota-k1")
 
 
 LANES, RUNS = 4, 5  # 20 power cuts, four nodes at a time (as tests/node/test_powercut.py)
