@@ -205,6 +205,8 @@ class Agent:
                     "seq": s.last_seq,
                     "boot": s.boot,
                     "firmware": s.firmware,
+                    "trial": s.trial,
+                    "transfer": pipeline.ota.transfer(s.port),
                     "reset_cause": s.reset_cause,
                     "rejects": s.rejects,
                     **self.history.device(d),

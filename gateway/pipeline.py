@@ -223,6 +223,7 @@ class Pipeline:
             firmware=hello.firmware,
             reset_cause=hello.reset_cause,
             at=time.monotonic(),
+            trial=hello.trial,
         )
         self.routes.claim(hello.device_id, link.name, claim)
         self.rlog.log(

@@ -49,6 +49,7 @@ class Claim:
     firmware: str
     reset_cause: str
     at: float  # monotonic time of the HELLO
+    trial: bool = False  # HELLO key 9: an updated app not yet confirmed
 
 
 @dataclass(slots=True)
@@ -64,6 +65,7 @@ class Device:
     firmware: str | None = None
     reset_cause: str | None = None
     protocol: int | None = None  # HELLO key 1 (None: no proven HELLO since the start)
+    trial: bool | None = None  # HELLO key 9 (None: no proven HELLO since the start)
     rejects: dict[str, int] = field(default_factory=dict)
 
 
@@ -114,6 +116,7 @@ class Routes:
             dev.firmware = claim.firmware
             dev.reset_cause = claim.reset_cause
             dev.protocol = claim.protocol
+            dev.trial = claim.trial
         return dev
 
     def seen(self, device_id: str, now: float) -> None:

@@ -44,6 +44,8 @@ GET_RATE: Final = 40.0
 """OTA_GETs answered per second per port (a node at 115200 baud needs ~12)."""
 GET_BURST: Final = 40.0
 OFFERS: Final = "offers.json"
+TRANSFER_FRESH_S: Final = 10.0
+"""A port whose last OTA_GET is older than this is no longer shown as transferring."""
 
 
 class _Bucket:
@@ -67,6 +69,7 @@ class OtaServer:
         self.offers: dict[str, dict[str, object]] = self._load_offers()
         self._buckets: dict[str, _Bucket] = {}
         self.counts: dict[str, int] = {"chunks": 0, "bytes": 0, "refused": 0, "limited": 0}
+        self._served: dict[str, tuple[str, int, int, float]] = {}  # port -> id, end, size, at
 
     # -- chunks ------------------------------------------------------------------------
     def answer(self, port: str, body: bytes) -> bytes | None:
@@ -85,6 +88,7 @@ class OtaServer:
             return self._refuse(get.bundle_id, get.offset, OtaReason.UNKNOWN_BUNDLE)
         try:
             with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
                 f.seek(get.offset)
                 data = f.read(min(get.length, CHUNK_MAX))
         except OSError as exc:
@@ -92,7 +96,16 @@ class OtaServer:
             return self._refuse(get.bundle_id, get.offset, OtaReason.READ_ERROR)
         self.counts["chunks"] += 1
         self.counts["bytes"] += len(data)
+        self._served[port] = (bid, get.offset + len(data), size, time.monotonic())
         return encode_ota_chunk(get.bundle_id, get.offset, data)
+
+    def transfer(self, port: str | None) -> dict[str, object] | None:
+        """The transfer going on over `port` (the last chunk served there, if recent):
+        {"bundle": id16, "offset": bytes the node has asked for so far, "size": n}."""
+        served = self._served.get(port) if port is not None else None
+        if served is None or time.monotonic() - served[3] > TRANSFER_FRESH_S:
+            return None
+        return {"bundle": served[0][:16], "offset": served[1], "size": served[2]}
 
     def _refuse(self, bid: bytes, offset: int, reason: str) -> bytes:
         self.counts["refused"] += 1

@@ -38,6 +38,11 @@ READINGS = {
     "sys/dropped": "dropped",
     "battery": "battery_v",
 }
+OTA_NOTE = "sys/ota"
+"""A firmware update's outcome (staged, trial, confirmed, rolled-back ..., refused ...),
+in the one record after the event: every stored record is searched for it (a bytes
+search, cheap), not only the newest one a snapshot decodes."""
+_OTA_BYTES = OTA_NOTE.encode()
 
 
 class Stored(Protocol):
@@ -61,6 +66,8 @@ class _Node:
     newest: bytes = b""  # the newest stored record, decoded only when the page asks
     newest_seq: int = -1
     decoded_seq: int = -1
+    ota_note: str | None = None
+    ota_seq: int = -1
 
 
 class NodeHistory:
@@ -94,6 +101,8 @@ class NodeHistory:
         counts: dict[str, int] = {}
         for rec in records:
             counts[rec.device_id] = counts.get(rec.device_id, 0) + 1
+            if _OTA_BYTES in rec.data:
+                self._ota(rec)
             prev = newest.get(rec.device_id)
             if prev is None or rec.seq > prev.seq:
                 newest[rec.device_id] = rec
@@ -103,6 +112,12 @@ class NodeHistory:
             node = self.nodes.get(device_id)
             if node is not None and rec.seq > node.newest_seq:
                 node.newest, node.newest_seq = rec.data, rec.seq
+
+    def _ota(self, rec: Stored) -> None:
+        node = self._node(rec.device_id)
+        note = ota_note(rec.data)
+        if node is not None and note is not None and rec.seq > node.ota_seq:
+            node.ota_note, node.ota_seq = note, rec.seq
 
     def device(self, device_id: str) -> dict[str, Any]:
         """This device's page data: per-minute counts (oldest first), cadence, readings."""
@@ -120,6 +135,7 @@ class NodeHistory:
             "per_minute": per_minute,
             "interval_s": interval,
             "last_record_at": node.last_at,
+            "ota_note": node.ota_note,
             **node.readings,
         }
 
@@ -133,14 +149,27 @@ def _advance(node: _Node, minute: int) -> None:
     node.minute = minute
 
 
+def _pack(signed: bytes) -> list[Any]:
+    try:
+        return decode_record_payload(parse_sign1(signed).payload).pack
+    except ProtocolError:
+        return []
+
+
+def ota_note(signed: bytes) -> str | None:
+    """The last sys/ota text of a stored record's pack (cut to 64 characters), if any."""
+    note = None
+    for entry in _pack(signed):
+        value = entry.get(SENML_VS)
+        if entry.get(SENML_N) == OTA_NOTE and isinstance(value, str):
+            note = value[:64]
+    return note
+
+
 def readings(signed: bytes) -> dict[str, Any]:
     """The READINGS of a stored (already verified) record's SenML pack, newest last wins."""
-    try:
-        pack = decode_record_payload(parse_sign1(signed).payload).pack
-    except ProtocolError:
-        return {}
     out: dict[str, Any] = {}
-    for entry in pack:
+    for entry in _pack(signed):
         name = entry.get(SENML_N)
         key = READINGS.get(name) if isinstance(name, str) else None
         if key is None:

@@ -27,6 +27,7 @@ NODE_FIELDS = (
     "heap_free",
     "uptime_s",
     "interval_s",
+    "ota_note",
 )
 
 
@@ -69,6 +70,28 @@ def node_state(age: float | None, interval: float | None) -> str:
     return "quiet" if age > limit else "ok"
 
 
+def transfer(value: Any) -> dict[str, Any] | None:
+    """A firmware transfer under way: bundle id (16 hex), offset and size, or None."""
+    if not isinstance(value, dict):
+        return None
+    bundle, offset, size = value.get("bundle"), _num(value.get("offset")), _num(value.get("size"))
+    if not isinstance(bundle, str) or offset is None or size is None or size <= 0:
+        return None
+    return {"bundle": bundle[:16], "offset": int(offset), "size": int(size)}
+
+
+def update_state(n: dict[str, Any]) -> str:
+    """One line for the page: a transfer going on, a trial, or the last update outcome."""
+    t = n["transfer"]
+    if t is not None:
+        pct = min(100, 100 * t["offset"] // t["size"])
+        return f"fetching {t['bundle'][:8]} {pct} %"
+    if n["trial"] is True:
+        return "on trial"
+    note = n["ota_note"]
+    return note if isinstance(note, str) else ""
+
+
 def node(device_id: str, d: dict[str, Any], now: float) -> dict[str, Any]:
     out: dict[str, Any] = {"id": device_id}
     for key in NODE_FIELDS:
@@ -81,6 +104,9 @@ def node(device_id: str, d: dict[str, Any], now: float) -> dict[str, Any]:
     out["records_hour"] = sum(out["per_minute"])
     out["rejects"] = _counts(d.get("rejects"))
     out["state"] = node_state(out["last_seen_age_s"], _num(d.get("interval_s")))
+    out["trial"] = d.get("trial") if isinstance(d.get("trial"), bool) else None
+    out["transfer"] = transfer(d.get("transfer"))
+    out["update"] = update_state(out)
     return out
 
 

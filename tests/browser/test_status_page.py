@@ -161,6 +161,7 @@ def test_status_page_in_chromium(
         assert re.fullmatch(r"\d\.\d\d V", row["battery"]), row
         assert re.fullmatch(r"\d+\.\d kB", row["heap"]), row
         assert row["firmware"] != "–" and re.fullmatch(r"node-\d\.tty", row["port"])
+        assert row["update"] == "–"  # no update was ever started on these nodes
     assert page.evaluate(GATEWAY)["uplink.state"] == "connected"
 
     # node-3 loses power: its row turns quiet within two of its intervals, the others not

@@ -57,8 +57,10 @@ class Node:
     def record_frame(self, seq: int, **kw: object) -> bytes:
         return encode_frame(FrameType.RECORD, self.record(seq, **kw))  # type: ignore[arg-type]
 
-    def hello_frame(self, boot: int = 1, uptime_ms: int = 1000, highest: int = 0) -> bytes:
-        h = Hello(self.device_id, "test-1.0", boot, "power-on", uptime_ms, highest)
+    def hello_frame(
+        self, boot: int = 1, uptime_ms: int = 1000, highest: int = 0, trial: bool = False
+    ) -> bytes:
+        h = Hello(self.device_id, "test-1.0", boot, "power-on", uptime_ms, highest, trial=trial)
         return encode_frame(FrameType.HELLO, encode_hello(h))
 
 

@@ -4,6 +4,7 @@ the node's in-place reading of an OTA_CHUNK (firmware citysense/fetch.py) agains
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import cbor2
@@ -13,7 +14,7 @@ from support import FIRMWARE_LIB
 
 from citysense_formats import bundle
 from gateway.ota.cache import BundleCache
-from gateway.ota.serve import GET_BURST, OtaServer
+from gateway.ota.serve import GET_BURST, TRANSFER_FRESH_S, OtaServer
 from gateway.protocol import MalformedError
 from gateway.protocol.ota import (
     CHUNK_MAX,
@@ -61,6 +62,23 @@ def test_chunks_at_offsets_then_the_end(served: tuple[OtaServer, bytes]) -> None
         off += len(chunk)
     assert got == data
     assert server.counts["bytes"] == len(data)
+
+
+def test_the_transfer_on_a_port_is_reported_while_it_goes_on(
+    served: tuple[OtaServer, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, data = served
+    bid = bundle.bundle_id(data)
+    assert server.transfer("port-a") is None and server.transfer(None) is None
+    _get(server, bytes.fromhex(bid), 0)
+    _get(server, bytes.fromhex(bid), 512)
+    assert server.transfer("port-a") == {"bundle": bid[:16], "offset": 1024, "size": len(data)}
+    assert server.transfer("port-b") is None
+    _get(server, bytes(32), 0)  # a refusal (unknown bundle) is no progress
+    assert server.transfer("port-a") == {"bundle": bid[:16], "offset": 1024, "size": len(data)}
+    later = time.monotonic() + TRANSFER_FRESH_S + 1
+    monkeypatch.setattr(time, "monotonic", lambda: later)
+    assert server.transfer("port-a") is None  # the node stopped asking
 
 
 def test_refusals_and_malformed(served: tuple[OtaServer, bytes], tmp_path: Path) -> None:

@@ -38,6 +38,8 @@ SYS = [
 def record_frame(seed: bytes, device_id: str, seq: int, heap: int) -> bytes:
     pack = [{-2: f"{device_id}/", 0: "temperature", 1: "Cel", 2: 20.5}, *SYS]
     pack[2] = {0: "sys/heap", 1: "B", 2: heap}
+    if seq == 2:
+        pack.append({0: "sys/ota", 3: "trial 0.2.0"})
     payload = encode_record_payload(RecordPayload(seq, 1, pack, 0))
     return encode_frame(FrameType.RECORD, sign1(seed, device_id.encode(), payload))
 
@@ -62,7 +64,7 @@ def test_page_data_from_a_running_gateway(tmp_path: Path) -> None:
     gw = start_gateway(cfg, log)
     try:
         wait_log(log, "event=ready")
-        pty.write(node.hello_frame(boot=1))
+        pty.write(node.hello_frame(boot=1, trial=True))
         for seq in range(1, 6):
             pty.write(record_frame(node.seed, node.device_id, seq, heap=12000 + seq))
         pty.wait_for(acked(5))
@@ -86,6 +88,8 @@ def test_page_data_from_a_running_gateway(tmp_path: Path) -> None:
         assert (n["heap_free"], n["battery_v"], n["reset"]) == (12005, 3.7, "watchdog")
         assert (n["link_errors"], n["dropped"], n["state"]) == (1, 0, "ok")
         assert n["rejects"] == {"bad-signature": 1} and n["port"] == str(tmp_path / "tty0")
+        assert (n["trial"], n["ota_note"], n["update"]) == (True, "trial 0.2.0", "on trial")
+        assert n["transfer"] is None
         assert page["gateway"]["accepted"] == 5
         assert page["gateway"]["rejects"] == {"bad-signature": 1}
         assert sum(page["gateway"]["frame_errors"].values()) == 1

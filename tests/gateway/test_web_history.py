@@ -11,7 +11,7 @@ import pytest
 from gateway.protocol import RecordPayload, encode_record_payload, sign1
 from gateway.queue import NewRecord
 from gateway.web import view
-from gateway.web.history import MAX_DEVICES, MINUTES, NodeHistory, readings
+from gateway.web.history import MAX_DEVICES, MINUTES, NodeHistory, ota_note, readings
 
 
 class Clock:
@@ -141,3 +141,45 @@ def test_view_whitelists_and_computes_ages() -> None:
     assert page["gateway"]["uptime_s"] == 3600.0
     assert page["queue"]["moved_aside"] is True
     assert "/etc/citysense" not in repr(page) and "pw" not in page["uplink"]["broker"]
+
+
+def test_an_update_outcome_is_kept_from_whichever_record_carried_it() -> None:
+    """sys/ota is in one record only: the page must not miss it when newer records came
+    in the same commit (a node catching up) or before the next snapshot."""
+    h = NodeHistory(Clock())
+    note = signed(11, [{0: "sys/fw", 3: "0.2.0"}, {0: "sys/ota", 3: "trial 0.2.0"}])
+    later = [NewRecord("node-1", s, 0, signed(s, SYS), None) for s in (12, 13)]
+    h.stored([*later, NewRecord("node-1", 11, 0, note, None)])
+    assert h.device("node-1")["ota_note"] == "trial 0.2.0"
+    h.stored([NewRecord("node-1", 14, 0, signed(14, SYS), None)])  # none: the note stays
+    assert h.device("node-1")["ota_note"] == "trial 0.2.0"
+    two = [{0: "sys/ota", 3: "staged 0.2.0"}, {0: "sys/ota", 3: "confirmed 0.2.0"}]
+    confirmed = signed(15, two)
+    h.stored([NewRecord("node-1", 15, 0, confirmed, None)])
+    assert h.device("node-1")["ota_note"] == "confirmed 0.2.0"  # the last of the pack
+    h.stored([NewRecord("node-1", 9, 0, signed(9, [{0: "sys/ota", 3: "old"}]), None)])
+    assert h.device("node-1")["ota_note"] == "confirmed 0.2.0"  # an older seq moves nothing
+    # odd values are skipped; long ones cut; a value that merely contains the bytes
+    assert ota_note(signed(1, [{0: "sys/ota", 2: 5}, {0: "x", 3: "sys/ota"}])) is None
+    assert ota_note(signed(2, [{0: "sys/ota", 3: "r" * 200}])) == "r" * 64
+
+
+@pytest.mark.parametrize(
+    ("dev", "update"),
+    [
+        ({}, ""),
+        ({"ota_note": "rolled-back 0.2.0: reset wdt"}, "rolled-back 0.2.0: reset wdt"),
+        ({"trial": True, "ota_note": "staged 0.2.0"}, "on trial"),
+        ({"trial": "yes", "ota_note": "confirmed 0.2.0"}, "confirmed 0.2.0"),
+        (
+            {"transfer": {"bundle": "ab" * 32, "offset": 39172, "size": 78345}, "trial": True},
+            "fetching abababab 49 %",
+        ),
+        ({"transfer": {"bundle": "ab", "offset": 5, "size": 0}}, ""),  # nonsense: not shown
+        ({"transfer": {"bundle": "ab", "offset": 9, "size": 4}}, "fetching ab 100 %"),
+    ],
+)
+def test_update_state_on_the_page(dev: dict[str, Any], update: str) -> None:
+    n = view.node("node-1", dev, 1_800_000_000.0)
+    assert n["update"] == update
+    assert n["trial"] in (True, None)

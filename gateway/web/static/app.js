@@ -96,6 +96,7 @@ function nodeRow(n) {
   cell(tr, "last_seen", age(n.last_seen_age_s));
   cell(tr, "interval", n.interval_s ? n.interval_s.toFixed(1) + " s" : "–");
   cell(tr, "firmware", plain(n.firmware));
+  cell(tr, "update", n.update || "–", /^(rolled-back|refused)/.test(n.update) ? "bad" : "");
   cell(tr, "boot", plain(n.boot));
   cell(tr, "reset", plain(n.reset));
   cell(tr, "seq", plain(n.seq), "num");
