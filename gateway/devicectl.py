@@ -121,9 +121,13 @@ async def serve_requests(state_dir: Path, handlers: Mapping[str, Handler]) -> No
                 result = {"ok": True, **await fn(device, **extra)}
             except ValueError as exc:
                 result = {"ok": False, "error": str(exc)}
-            audit(state_dir, action, device, result, via="agent")
+            with contextlib.suppress(OSError):  # a full disk: audit() logged it before the file
+                audit(state_dir, action, device, result, via="agent")
         done = path.with_name(path.name.removesuffix(".json") + ".done.json")
-        done.write_text(json.dumps(result))
+        try:
+            done.write_text(json.dumps(result))
+        except OSError as exc:  # the action stands (logged); the asking command times out
+            log.error("event=request-answer-failed request=%s error=%s", path.name, exc)
         with contextlib.suppress(OSError):
             path.unlink()
 

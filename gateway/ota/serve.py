@@ -121,8 +121,16 @@ class OtaServer:
         if b is None:
             raise ValueError(f"bundle {bundle_id[:16]} is not in the cache")
         entry: dict[str, object] = {"bundle": b.id, "version": b.version, "size": b.size}
+        before = self.offers.get(device)
         self.offers[device] = entry
-        self._save_offers()
+        try:
+            self._save_offers()
+        except OSError as exc:  # e.g. a full disk: not offered, and the operator told why
+            if before is None:
+                del self.offers[device]
+            else:
+                self.offers[device] = before
+            raise ValueError(f"cannot save the offer in {self._offers_path}: {exc}") from None
         log.info(
             "event=ota-offer device=%s bundle=%s version=%s",
             esc(device),
@@ -141,7 +149,11 @@ class OtaServer:
         if firmware == entry["version"]:  # it runs it: on trial (wait) or for good (done)
             if not trial:
                 del self.offers[device]
-                self._save_offers()
+                try:
+                    self._save_offers()
+                except OSError as exc:  # done all the same; after a restart it is done again
+                    log.warning("event=ota-offers-save-failed path=%s error=%s",
+                                self._offers_path, exc)  # fmt: skip
                 log.info("event=ota-offer-done device=%s version=%s", esc(device), esc(firmware))
             return None
         return encode_ota_offer(bytes.fromhex(str(entry["bundle"])), int(str(entry["size"])))
@@ -163,7 +175,10 @@ class OtaServer:
         if self._offers_path is None:
             return
         tmp = self._offers_path.with_name(OFFERS + ".tmp")
-        tmp.write_text(json.dumps(self.offers, sort_keys=True))
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(self.offers, sort_keys=True))
+            f.flush()
+            os.fsync(f.fileno())  # `ota push` said "offered": a power cut must not undo it
         os.replace(tmp, self._offers_path)
 
 

@@ -3,14 +3,19 @@ the service stopped (the CLI takes the agent's lock) and running (through the ag
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
 from gwsupport import Pty, make_node, start_gateway, stop, wait_log, write_config, write_entry
 from support import REPO
 
+from gateway.devicectl import REQUESTS, serve_requests
 from gateway.protocol import FrameType, decode_ack, decode_nack
 from gateway.queue import NewRecord, Queue
 from gateway.store import key_id
@@ -98,3 +103,29 @@ def test_reset_goes_through_the_running_service(tmp_path: Path) -> None:
     finally:
         stop(gw)
         pty.close()
+
+
+def test_a_request_whose_answer_cannot_be_written_does_not_end_the_agent(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full or broken state directory: the action is carried out once and logged; the
+    audit line and the answer file fail (here: directories in their place). That OSError
+    used to leave serve_requests and end the agent's request task, and with it the agent."""
+    folder = tmp_path / REQUESTS
+    folder.mkdir()
+    (folder / "r1.json").write_text(json.dumps({"action": "ota-offer", "device": "n1"}))
+    (folder / "r1.done.json").mkdir()
+    (tmp_path / "device-actions.log").mkdir()
+    calls: list[str] = []
+
+    async def handler(device: str, **extra: str) -> dict[str, Any]:
+        calls.append(device)
+        return {"sent_now": True}
+
+    with caplog.at_level(logging.WARNING, logger="citysense.devicectl"):
+        asyncio.run(serve_requests(tmp_path, {"ota-offer": handler}))
+        asyncio.run(serve_requests(tmp_path, {"ota-offer": handler}))
+    assert calls == ["n1"]  # once: the request is gone, not carried out again
+    assert not (folder / "r1.json").exists()
+    assert "event=ota-offer device=n1 via=agent" in caplog.text
+    assert "event=request-answer-failed request=r1.json" in caplog.text

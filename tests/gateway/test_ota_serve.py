@@ -3,6 +3,10 @@ the node's in-place reading of an OTA_CHUNK (firmware citysense/fetch.py) agains
 
 from __future__ import annotations
 
+import errno
+import json
+import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -146,3 +150,33 @@ def test_hello_carries_the_trial_state() -> None:
     stable[9] = "maybe"
     with pytest.raises(MalformedError, match="key 9"):
         decode_hello(cbor2.dumps(stable))
+
+
+def _disk_full(*_: object, **__: object) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_refuses_a_new_offer_and_does_not_stop_a_done_one(
+    served: tuple[OtaServer, bytes],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """offers.json cannot be written: `ota push` gets a clear error and nothing is
+    offered; a device that says HELLO running the offered version (the offer is done)
+    is answered as usual: the OSError used to leave the HELLO handler and close the
+    node's port (and, from `ota push`, end the agent's request task)."""
+    server, data = served
+    bid = bundle.bundle_id(data)
+    server.offer("node-1", bid)
+    monkeypatch.setattr(os, "replace", _disk_full)
+    with pytest.raises(ValueError, match=r"cannot save the offer in .*offers.json: .*No space"):
+        server.offer("node-2", bid)
+    assert sorted(server.offers) == ["node-1"]
+    with caplog.at_level(logging.WARNING, logger="citysense.ota"):
+        assert server.offer_frame("node-1", "1.2.0", False) is None  # done: no OSError
+    assert server.offers == {}
+    assert "event=ota-offers-save-failed" in caplog.text
+    monkeypatch.undo()
+    assert json.loads((server.cache.directory / "offers.json").read_text()) == {  # type: ignore[union-attr]
+        "node-1": {"bundle": bid, "size": len(data), "version": "1.2.0"}
+    }  # the file on disk is still the last one written whole
