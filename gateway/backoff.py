@@ -1,6 +1,8 @@
 """Retry timing, without I/O: the reconnect backoff and the refused-record schedule.
 
-Reconnect rules (`Backoff`):
+Reconnect rules (`Backoff`), for failures where the broker's port still takes a TCP
+connection (while it refuses or does not answer, gateway/uplink.py probes it every second
+and connects as soon as it answers, and asks this class for no delay):
 - Repeated failures (a broker down, a wrong certificate, a connection that drops within
   `healthy_after` of being made): 0.5 s doubling to the 15 s cap, each delay drawn from
   [d/2, d] so a fleet's gateways spread out. The cap bounds how long a backlog waits after

@@ -14,6 +14,8 @@ import contextlib
 import functools
 import json
 import logging
+import os
+import random
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -53,6 +55,14 @@ DELETE_EVERY_S = 1.0
 one per idle moment, i.e. one per record or two at 200 records/s, was as much as the
 inserts. A kill -9 publishes the records PUBACKed in the last second again (consumers
 dedupe by (device_id, seq); DESIGN.md, delivery contract 3)."""
+PROBE_EVERY_S = 1.0
+"""While the broker's port refuses connections (or does not answer), the uplink makes no
+MQTT attempts and runs down no backoff: it opens a bare TCP connection this often and
+connects as soon as one is taken. The backoff (gateway/backoff.py, cap 15 s) is for a
+broker that takes the connection and then fails it (TLS, CONNACK, a drop)."""
+PROBE_TIMEOUT_S = 2.0
+"""A probe with no answer (SYNs dropped by a firewall) gives up after this; the next one
+follows after the usual pause, so such a broker is found within about 3 s of being back."""
 PUBACK_WAIT_S = 30.0
 """A record publish without a PUBACK for this long ends the session (reconnect)."""
 RESULT_ATTEMPTS = 8
@@ -214,9 +224,20 @@ class Uplink:
                 self.connected_since = None
                 await self._flush_done()
             self.state = "disconnected"
-            delay = self.backoff.next_delay(time.monotonic())
-            log.warning("event=uplink-lost error=%s retry_in=%.2fs", self.last_error, delay)
-            await self._sleep_beating(delay)
+            unreachable = await self._probe()
+            if unreachable is None:
+                delay = self.backoff.next_delay(time.monotonic())
+                log.warning("event=uplink-lost error=%s retry_in=%.2fs", self.last_error, delay)
+                await self._sleep_beating(delay)
+            else:
+                log.warning(
+                    "event=uplink-lost error=%s broker=unreachable probe_error=%s "
+                    "retry=when-reachable probe_every=%.1fs",
+                    self.last_error,
+                    unreachable,
+                    PROBE_EVERY_S,
+                )
+                await self._wait_reachable()
 
     def _failed(self, exc: Exception, *, connecting: bool) -> None:
         self.last_error = str(exc)
@@ -246,6 +267,39 @@ class Uplink:
                 exc,
                 PROTOCOL_HINT,
             )
+
+    async def _probe(self) -> str | None:
+        """None if the broker's port takes a TCP connection now (closed again at once),
+        else why not."""
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.cfg.host, self.cfg.port), PROBE_TIMEOUT_S
+            )
+        except TimeoutError:
+            return f"no answer in {PROBE_TIMEOUT_S:.0f} s"
+        except OSError as exc:  # asyncio words ECONNREFUSED as "Connect call failed"
+            if exc.errno is not None and exc.errno > 0:  # a resolver's errors are < 0
+                return f"[Errno {exc.errno}] {os.strerror(exc.errno)}"
+            return str(exc)
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return None
+
+    async def _wait_reachable(self) -> None:
+        """Probe the broker's port every PROBE_EVERY_S (jittered from [1/2, 1] of it) until
+        it takes a connection: the next attempt then comes within that of the broker being
+        back, however long the outage (issue 17)."""
+        started = time.monotonic()
+        probes = 0
+        while True:
+            await self._sleep_beating(random.uniform(PROBE_EVERY_S / 2, PROBE_EVERY_S))
+            probes += 1
+            if await self._probe() is None:
+                break
+        log.info(
+            "event=uplink-reachable waited=%.1fs probes=%d", time.monotonic() - started, probes
+        )
 
     async def _sleep_beating(self, seconds: float) -> None:
         end = time.monotonic() + seconds
