@@ -1,6 +1,6 @@
 """What the gateway writes to its disk (SD-card wear), from /proc/<pid>/io write_bytes.
 
-    python bench/bench_disk.py [--idle 20] [--records 4000]
+    python bench/bench_disk.py [--idle 20] [--records 4000] [--devices 20]
 
 Prints:
 - an idle agent (one broker connected, one port open, no node sending): bytes written per
@@ -101,6 +101,38 @@ def queue_alone(
     return (w1 - w0) / seq
 
 
+def queue_devices(tmp: Path, records: int, devices: int, every: int, ckpt: int | None) -> float:
+    """Bytes written per record in the comparison's steady state: commits of one record
+    from each of `devices` devices (their seqs far apart, as enrolled nodes' are), all but
+    the newest commit's rows deleted in one transaction every `every` records; `ckpt`
+    pages of WAL per checkpoint (None: the queue's own setting). Measured after a warm-up
+    of `records` records, so the file and its free pages are at their steady size."""
+    body = os.urandom(400)
+    d = tmp / f"qd-{devices}-{every}-{ckpt}"
+    q = Queue.open(d / "queue.sqlite3", 10**9, reserve_bytes=0)
+    if ckpt is not None:
+        q.conn.execute(f"PRAGMA wal_autocheckpoint={ckpt}")
+    names = [f"esp32-bench{i:07d}" for i in range(devices)]
+    base = [1_764_000_000_000 + i * 7_777_777 for i in range(devices)]
+    seq = stored = w0 = 0
+    while stored < 2 * records:
+        if stored == records:
+            w0 = write_bytes("self")
+        now = int(time.time() * 1000)
+        q.store(
+            [
+                NewRecord(n, b + seq, now, body, key_id="k1")
+                for n, b in zip(names, base, strict=True)
+            ]
+        )
+        seq, stored = seq + 1, stored + devices
+        if stored % every == 0:
+            q.delete([r.id for r in q.peek(0, 10 * every)][:-devices])
+    w1 = write_bytes("self")
+    q.close()
+    return (w1 - w0) / records
+
+
 def append_floor(tmp: Path, records: int, batch: int) -> float:
     """Bytes written per record by an append-only file: `batch` records of 460 B (a
     400-byte record and its framing) appended and fdatasync'd per commit. The floor of a
@@ -141,10 +173,24 @@ def main() -> None:
     ap.add_argument("--idle", type=float, default=20.0, help="seconds of idle agent")
     ap.add_argument("--records", type=int, default=4096)
     ap.add_argument("--no-queue", action="store_true")
+    ap.add_argument(
+        "--devices", type=int, default=0, help="run only the N-device rows (0: the old rows)"
+    )
+    ap.add_argument("--no-idle", action="store_true", help="skip the idle agent")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-disk-", dir=REPO / ".cache") as d:
-        idle_agent(Path(d), args.idle)
-        if not args.no_queue:
+        if not args.no_idle:
+            idle_agent(Path(d), args.idle)
+        if args.devices:
+            for every in (200, 100):
+                for ckpt in (None, 1000, 4096, 16000):
+                    per = queue_devices(Path(d), args.records, args.devices, every, ckpt)
+                    print(
+                        f"queue, {args.devices} devices per commit, delete every {every:>3}, "
+                        f"checkpoint {'queue' if ckpt is None else ckpt:>5} pages: "
+                        f"{per:,.0f} B/record"
+                    )
+        elif not args.no_queue:
             for batch, page, every, ckpt, secure in LEVERS:
                 per = queue_alone(Path(d), args.records, batch, page, every, ckpt, secure)
                 print(

@@ -232,3 +232,52 @@ def test_deletes_do_not_zero_every_freed_page(tmp_path: Path) -> None:
     q = Queue.open(tmp_path / "q.sqlite3", 10**9)
     assert q.conn.execute("PRAGMA secure_delete").fetchone() == (2,)
     q.close()
+
+
+_KILLED_WRITER = """
+import sys
+from pathlib import Path
+from gateway.queue import NewRecord, Queue
+q = Queue.open(Path(sys.argv[1]), 10**9, reserve_bytes=0)
+for n in range(10**6):
+    q.store([NewRecord(f"d{d}", n, 1_000 + n, bytes([n % 256]) * 400, None, "k1")
+             for d in range(20)])
+    if n % 2 == 1:
+        q.delete([r.id for r in q.peek(0, 100)][:-20])
+    print(n, flush=True)  # committed: the pipeline would ACK these now
+"""
+
+
+def test_kill_9_with_a_long_wal_keeps_every_committed_record(tmp_path: Path) -> None:
+    """WAL_CHECKPOINT_PAGES: the WAL grows past SQLite's default 1000 pages before a
+    checkpoint; a kill -9 there loses no committed record, and the file stays sound."""
+    import signal
+    import subprocess
+    import sys
+
+    from gateway.queue import WAL_CHECKPOINT_PAGES
+
+    path = tmp_path / "q.sqlite3"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert child.stdout is not None
+    wal = path.with_name(path.name + "-wal")
+    last = -1
+    for line in child.stdout:
+        last = int(line)
+        if last >= 400 or (wal.exists() and wal.stat().st_size > 1500 * 1024):
+            break
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert 1500 * 1024 < wal.stat().st_size <= (WAL_CHECKPOINT_PAGES + 200) * 1048
+    q = Queue.open(path, 10**9, reserve_bytes=0)
+    assert q.conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert q.conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (WAL_CHECKPOINT_PAGES,)
+    for d in range(20):
+        assert q.high_seq(f"d{d}", "k1") >= last
+        assert q.contains(f"d{d}", last)  # the newest commit is never deleted by the child
+    q.close()
