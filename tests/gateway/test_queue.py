@@ -267,12 +267,14 @@ def test_kill_9_with_a_long_wal_keeps_every_committed_record(tmp_path: Path) -> 
     assert child.stdout is not None
     wal = path.with_name(path.name + "-wal")
     last = -1
-    for line in child.stdout:
-        last = int(line)
-        if last >= 400 or (wal.exists() and wal.stat().st_size > 1500 * 1024):
-            break
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    try:
+        for line in child.stdout:
+            last = int(line)
+            if last >= 400 or (wal.exists() and wal.stat().st_size > 1500 * 1024):
+                break
+    finally:  # also when the loop fails: the writer is never left running
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
     assert 1500 * 1024 < wal.stat().st_size <= (WAL_CHECKPOINT_PAGES + 200) * 1048
     q = Queue.open(path, 10**9, reserve_bytes=0)
     assert q.conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
