@@ -127,6 +127,7 @@ def main() -> int:
                 stack.add_node(dev, f"02ee{i:08x}", interval=5)
             for dev in devices:
                 wait_until(lambda dev=dev: stack.fw(dev), 120, f"a record of {dev}", 0.3)
+                stack.wait_clock(dev, 120)  # a bound command needs the node's clock
             # one node alone: its transfer rate with the gateway otherwise idle
             stack.send_update(devices[0], bid)
             one = _transfer_time(stack.flash(devices[0]))

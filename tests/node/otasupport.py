@@ -28,7 +28,13 @@ from citysense_formats import bundle
 from citysense_lab.broker import Mosquitto
 from citysense_lab.procs import Proc, wait_until
 from emulator.mpy import compile_lib
-from gateway.protocol import Command, decode_record_payload, parse_sign1, sign_command
+from gateway.protocol import (
+    TIME_BASE_UNIX,
+    Command,
+    decode_record_payload,
+    parse_sign1,
+    sign_command,
+)
 
 BIN = Path(sys.executable).parent
 GW = "gw-ota"
@@ -174,7 +180,24 @@ class Stack:
     def fw(self, device: str) -> list[str]:
         return [v for _, r in self.records(device) for v in r.get("sys/fw", [])]
 
+    def wait_clock(self, device: str, timeout: float = 60) -> None:
+        """Until the newest record of `device` the broker delivered was sealed with Unix
+        time: the node has had its TIME frame since it booted. Before that it refuses
+        every bound command ("rejected: no clock", as it must), and a first record can
+        come before the TIME (docs/protocol.md, TIME)."""
+
+        def newest_has_clock() -> bool:
+            newest = None
+            for topic, payload, _ in self.sub.snapshot():
+                if topic == f"citysense/v1/{GW}/{device}/records":
+                    newest = decode_record_payload(parse_sign1(payload).payload)
+            return newest is not None and newest.time_base == TIME_BASE_UNIX
+
+        wait_until(newest_has_clock, timeout, f"a record of {device} sealed with its clock")
+
     def send_update(self, device: str, bundle_id: str, expires_in_ms: int = 120_000) -> int:
+        """A signed `update` command for `device`; call `wait_clock` first (the node
+        refuses a bound command until it has a clock)."""
         command_id = next(self._command_ids)
         cmd = Command(command_id, "update", {"bundle": bundle_id}, device, GW,
                       int(time.time() * 1000) + expires_in_ms)  # fmt: skip

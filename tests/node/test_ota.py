@@ -41,15 +41,10 @@ def test_update_command_to_confirmed_with_records_flowing(stack: Stack) -> None:
     # the cloud path: the bundle in the gateway's cache, then a signed `update` command
     res = stack.push(stack.d / "b2.csb", "nobody-yet")
     assert res.returncode == 0, res.stderr
-    # A node whose first record came before its TIME frame refuses a bound command with
-    # "no clock" (as it must); the precondition here is a node with a clock: send again.
-    for _ in range(10):
-        cid = stack.send_update("ota-a", bid)
-        wait_until(lambda c=cid: any(r[1] == c for r in stack.results("ota-a")), 60, "the result")
-        result = next(r for r in stack.results("ota-a") if r[1] == cid)
-        if (result[2], result[3]) != (False, "rejected: no clock"):
-            break
-        time.sleep(1)
+    stack.wait_clock("ota-a")
+    cid = stack.send_update("ota-a", bid)
+    wait_until(lambda: any(r[1] == cid for r in stack.results("ota-a")), 60, "the result")
+    result = next(r for r in stack.results("ota-a") if r[1] == cid)
     assert (result[2], result[3]) == (True, f"staging bundle={bid[:16]}")
     stack.wait_note("ota-a", "staged 0.2.0", 120)
     stack.wait_note("ota-a", "trial 0.2.0", 60)
@@ -100,6 +95,7 @@ def test_refusals_keep_the_old_app(stack: Stack) -> None:
     sent = {}
     for device, build, _ in REFUSALS:
         sent[device] = _cache_raw(stack, build())
+        stack.wait_clock(device)
         stack.send_update(device, sent[device])
     cid = stack.send_update("ota-r6", bundle.bundle_id(make_bundle("0.9.5", 9)), -1000)
     for device, _, reason in REFUSALS:
@@ -146,6 +142,7 @@ def test_rollback_of_an_app_that_raises_at_import_and_one_never_confirmed(
     (stack.flash("ota-b2") / "ota" / "trial_s").write_text("8")  # the bound, shortened
     for device in ("ota-b1", "ota-b2"):
         wait_until(lambda d=device: stack.fw(d), 60, f"a first record of {device}")
+        stack.wait_clock(device)
     stack.send_update("ota-b1", _cache_raw(stack, make_bundle("0.5.0-raises", 5, lib=bad)))
     stack.send_update("ota-b2", _cache_raw(stack, make_bundle("0.5.1-mute", 5, lib=mute)))
     assert stack.wait_note("ota-b1", "rolled-back", 120) == (
@@ -203,6 +200,7 @@ LANES, RUNS = 4, 5  # 20 power cuts, four nodes at a time (as tests/node/test_po
 def _powercut_run(stack: Stack, device: str, uid: str, bid: str, delay: float) -> str:
     stack.add_node(device, uid)
     wait_until(lambda: stack.fw(device), 60, f"a first record of {device}", interval=0.3)
+    stack.wait_clock(device)
     cid = stack.send_update(device, bid)
     wait_until(lambda: any(r[1] == cid for r in stack.results(device)), 60, "result", 0.3)
     time.sleep(delay)  # into the transfer, the staging or the trial
