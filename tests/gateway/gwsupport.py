@@ -325,7 +325,15 @@ class Subscriber:
         self.client.on_connect = on_connect
         self.client.on_subscribe = on_subscribe
         self.client.on_message = on_message
-        self.client.connect("127.0.0.1", port)
+        if persistent:  # a session the broker keeps (and queues QoS 1 for) while we are away
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+            self.client.connect("127.0.0.1", port, clean_start=False, properties=props)
+        else:
+            self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         if not subscribed.wait(15):
             self.close()

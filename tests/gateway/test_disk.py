@@ -117,7 +117,13 @@ def test_disk_full_does_not_stop_deleting_delivered_records(tmp_path: Path, tiny
     stays up. Before the reserve, the first delete on the full disk ended the uplink."""
     node = make_node("esp32-0000000000d2")
     metrics_port = free_port()
-    broker = Mosquitto(tmp_path / "broker")  # not started yet: an outage
+    broker = Mosquitto(tmp_path / "broker")
+    # The consumer's session is made before the outage, so that it gets every record
+    # published once the broker is back: the gateway's port probe reconnects and drains
+    # within a second, before a consumer subscribing only then would be there.
+    broker.start()
+    Subscriber(broker.port, "citysense/#", persistent=True).close()
+    broker.stop()  # the outage (the broker's persistence keeps the session)
     cfg = write_config(
         tmp_path / "gw.toml",
         url=f'"mqtt://127.0.0.1:{broker.port}"',
@@ -145,7 +151,7 @@ def test_disk_full_does_not_stop_deleting_delivered_records(tmp_path: Path, tiny
         acked = set(sim.acked)
         assert len(acked) > 100
         broker.start()
-        sub = Subscriber(broker.port, "citysense/#")
+        sub = Subscriber(broker.port, "citysense/#", persistent=True)
         try:
             deadline = time.monotonic() + 90
             while not acked <= {s for _, s in sub.records()}:
