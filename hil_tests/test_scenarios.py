@@ -50,10 +50,25 @@ def test_1_steady_state(make_lab: MakeLab) -> None:
     assert_balanced(lab, created)
     for node in lab.nodes:
         lab.power_cut(node)
-    wait_until(lambda: _status(lab)["queue"]["depth"] == 0, 30, "the gateway queue to drain")
-    status = _status(lab)
     assert lab.consumer is not None
-    received = sum(len(s) for s in lab.consumer.snapshot().values())
+    consumer = lab.consumer
+    # status.json is rewritten at most once a second, so a read right after the power cut
+    # may predate the last records the gateway accepted: wait (bounded) for the counters
+    # of a snapshot taken after the queue drained to catch up, then compare them exactly
+    seen: list[tuple[int, int, int]] = []
+
+    def caught_up() -> bool:
+        status = _status(lab)
+        received = sum(len(s) for s in consumer.snapshot().values())
+        seen.append((status["accepted"], status["uplink"]["published"], received))
+        return status["queue"]["depth"] == 0 and status["accepted"] == received
+
+    try:
+        wait_until(caught_up, 30, "the gateway queue to drain and status.json to catch up")
+    except AssertionError:
+        raise AssertionError(f"(accepted, published, received) last read {seen[-1:]}") from None
+    status = _status(lab)
+    received = sum(len(s) for s in consumer.snapshot().values())
     assert status["accepted"] == status["uplink"]["published"] == received
     assert all(lab.consumer.ledger.duplicates(n.device_id) == 0 for n in lab.nodes)
     assert status["rejects"] == {}
