@@ -12,7 +12,7 @@ Prints, all measured in this run on this machine:
 - one /api/status body (view + JSON) for --nodes nodes, as is and with every node's
   newest pack to decode (the worst case: each node sent a record since the last one);
 - one /metrics body;
-- /api/status requests per second over real HTTP (aiohttp, one client, keep-alive).
+- /api/status requests per second over real HTTP (the agent's own server, one client, keep-alive).
 """
 
 from __future__ import annotations

@@ -21,11 +21,16 @@ import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import cbor2
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+if TYPE_CHECKING:  # imported where a signature is checked: the gateway agent without
+    # [ota] never loads cryptography (~7 MiB resident; docs/benchmarks.md, issue 17)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 MAGIC: Final = b"CSB1"
 HEADER: Final = 8  # magic + u32 manifest length
@@ -248,6 +253,8 @@ def parse(data: bytes) -> Bundle:
 
 def verify_manifest(manifest: bytes, release_pub: Ed25519PublicKey) -> None:
     """BundleError("bad-signature") unless the manifest is signed by `release_pub`."""
+    from cryptography.exceptions import InvalidSignature
+
     payload, signature = _sign1(manifest)
     try:
         release_pub.verify(signature, _sig_structure(payload))

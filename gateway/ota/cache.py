@@ -17,11 +17,13 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from citysense_formats import bundle as fmt
 from citysense_formats.durable import replace_file
+
+if TYPE_CHECKING:  # loaded only with [ota] configured (cryptography: ~7 MiB resident)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 _ID = re.compile(r"[0-9a-f]{64}")
 _SUFFIX = ".csb"
@@ -45,6 +47,8 @@ class BundleCache:
         self, directory: Path, max_bytes: int, release_pub: Ed25519PublicKey | bytes
     ) -> None:
         if isinstance(release_pub, bytes):
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
             release_pub = Ed25519PublicKey.from_public_bytes(release_pub)
         self.directory = directory
         self.max_bytes = max_bytes

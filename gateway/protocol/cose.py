@@ -2,6 +2,13 @@
 
 `parse_sign1` checks structure and yields the kid so the caller can find the key;
 nothing else from the message may be trusted before `verify1` succeeded.
+
+Ed25519 is PyNaCl's (libsodium) since 2026-12-03, cryptography's before: importing
+cryptography's Rust extension made ~7 MiB of the agent's resident memory, PyNaCl ~1 MiB,
+and libsodium verifies a record in about half the CPU time (docs/benchmarks.md, "Issue
+17: resident memory"). libsodium is the stricter verifier (it also refuses small-order
+and non-canonical keys and R values, which no honest signer produces), so whatever the
+gateway accepts, a consumer verifying with cryptography accepts too.
 """
 
 from __future__ import annotations
@@ -10,8 +17,9 @@ from dataclasses import dataclass
 from typing import Final
 
 import cbor2
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from nacl.exceptions import BadSignatureError
+from nacl.exceptions import ValueError as NaclValueError
+from nacl.signing import SigningKey, VerifyKey
 
 from .cbor import dumps, loads_strict
 from .errors import MalformedError, SignatureError
@@ -70,9 +78,8 @@ def parse_sign1(data: bytes) -> Sign1:
 def verify_parsed(public_key: bytes, msg: Sign1) -> None:
     """Raise SignatureError unless `msg` verifies under the raw Ed25519 `public_key`."""
     try:
-        key = Ed25519PublicKey.from_public_bytes(public_key)
-        key.verify(msg.signature, msg.to_be_signed())
-    except (InvalidSignature, ValueError) as exc:
+        VerifyKey(public_key).verify(msg.to_be_signed(), msg.signature)
+    except (BadSignatureError, NaclValueError, TypeError) as exc:
         raise SignatureError(f"signature does not verify for kid {msg.kid!r}") from exc
 
 
@@ -85,8 +92,7 @@ def verify1(public_key: bytes, data: bytes) -> tuple[bytes, bytes]:
 
 def sign1(seed: bytes, kid: bytes, payload: bytes) -> bytes:
     """The tagged COSE_Sign1 encoding of `payload` signed with the 32-byte Ed25519 seed."""
-    key = Ed25519PrivateKey.from_private_bytes(seed)
-    signature = key.sign(sig_structure(PROTECTED_EDDSA, payload))
+    signature = SigningKey(seed).sign(sig_structure(PROTECTED_EDDSA, payload)).signature
     return dumps(
         cbor2.CBORTag(COSE_SIGN1_TAG, [PROTECTED_EDDSA, {HDR_KID: kid}, payload, signature])
     )

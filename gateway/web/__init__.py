@@ -1,4 +1,4 @@
-"""The gateway's read-only status page and /metrics, served with aiohttp."""
+"""The gateway's read-only status page and /metrics, served over h11 (web/http.py)."""
 
 from .history import NodeHistory
 from .server import WebServer

@@ -1,43 +1,38 @@
-"""The gateway's read-only HTTP side (aiohttp): the status page, its JSON, /metrics.
+"""The gateway's read-only HTTP side: the status page, its JSON, /metrics.
 
 Routes: `/` the page, `/static/{app.js,style.css}` its assets (served from the package,
 nothing from the internet), `/api/status` the page's data, `/metrics` the Prometheus
 exposition. Only GET/HEAD. With a token configured every route but the two assets needs
 it, given as `Authorization: Bearer TOKEN`, `?token=TOKEN`, or HTTP basic auth with the
 token as the password (any user name); without one the config only allows a loopback
-listener.
+listener. Served by `http.HttpServer` (h11; aiohttp before 2026-12-03, see there why).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hmac
 import json
 import logging
-import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from importlib import resources
 from typing import Any
-
-from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
 from ..metrics import Metrics
 from ..ratelog import RateLimitedLog
 from . import view
+from .http import HttpServer, Request, Response, error_response
 
 log = logging.getLogger("citysense.web")
 
 Snapshot = Callable[[], dict[str, Any]]
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-MAX_LINE = 8190
-"""Longest request line or header line accepted; longer gets 400 from aiohttp."""
 STATIC = {
-    "app.js": "text/javascript",
-    "style.css": "text/css",
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
 }
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -52,29 +47,6 @@ REALM = 'Basic realm="citysense gateway", charset="UTF-8"'
 PUBLIC = frozenset(f"/static/{name}" for name in STATIC)
 """The page's script and style sheet: the same code on every gateway, no data in them;
 served without the token because a page opened with ?token= loads them without it."""
-
-
-class _HttpLog(logging.Logger):
-    """aiohttp's per-connection log: a malformed or oversized request becomes one
-    rate-limited warning line without a traceback; anything else stays an error."""
-
-    def __init__(self) -> None:
-        super().__init__("citysense.web.http")
-        self.parent = log
-        self.rlog = RateLimitedLog(log, interval=10.0)
-
-    def exception(self, msg: object, *args: object, exc_info: Any = True, **kw: Any) -> None:
-        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
-        if isinstance(exc, HttpProcessingError):
-            self.rlog.warning(
-                "web-bad-request",
-                "event=web-bad-request peer=%s status=%d detail=%r",
-                args[0] if args else "?",
-                exc.code,
-                str(exc.message)[:80],
-            )
-            return
-        super().exception(msg, *args, exc_info=exc_info, **kw)
 
 
 def _asset(name: str) -> bytes:
@@ -100,27 +72,18 @@ class WebServer:
         self.secrets = sorted({s for s in (token, *secrets) if s}, key=len, reverse=True)
         self.rlog = RateLimitedLog(log)
         self.assets = {name: _asset(name) for name in (*STATIC, "index.html")}
-        self.runner: web.AppRunner | None = None
-
-    def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._guard])
-        app.router.add_get("/", self._page)
-        app.router.add_get("/static/{name}", self._static)
-        app.router.add_get("/api/status", self._status)
-        app.router.add_get("/metrics", self._metrics)
-        return app
+        self.http: HttpServer | None = None
+        self.routes: dict[str, Callable[[], Response]] = {
+            "/": self._page,
+            "/api/status": self._status,
+            "/metrics": self._metrics,
+            **{f"/static/{name}": functools.partial(self._static, name) for name in STATIC},
+        }
+        self.bad_log = RateLimitedLog(log, interval=10.0)
 
     async def start(self) -> None:
-        self.runner = web.AppRunner(
-            self.app(),
-            access_log=None,
-            max_line_size=MAX_LINE,
-            max_field_size=MAX_LINE,
-            logger=_HttpLog(),
-        )
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, self.host, self.port, backlog=32)
-        await site.start()
+        self.http = HttpServer(self.handle, self.host, self.port, on_bad_request=self._bad)
+        await self.http.start()
         log.info(
             "event=web-listening host=%s port=%d auth=%s",
             self.host,
@@ -129,16 +92,26 @@ class WebServer:
         )
 
     async def close(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
+        if self.http is not None:
+            await self.http.close()
+            self.http = None
+
+    def _bad(self, peer: str, status: int, detail: str) -> None:
+        """A malformed or oversized request: one rate-limited warning line, no traceback."""
+        self.bad_log.warning(
+            "web-bad-request",
+            "event=web-bad-request peer=%s status=%d detail=%r",
+            peer,
+            status,
+            detail[:80],
+        )
 
     # -- auth ---------------------------------------------------------------------------
-    def authorised(self, request: web.Request) -> bool:
+    def authorised(self, request: Request) -> bool:
         if self.token is None:
             return True
         given = request.query.get("token")
-        auth = request.headers.get("Authorization", "")
+        auth = request.headers.get("authorization", "")
         scheme, _, value = auth.partition(" ")
         if scheme.lower() == "bearer":
             given = value.strip()
@@ -152,46 +125,53 @@ class WebServer:
             return False
         return hmac.compare_digest(given.encode(), self.token.encode())
 
-    @web.middleware
-    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    def handle(self, request: Request) -> Response:
+        """The token first (on every path but the two assets, known or not), then the
+        route: 404 for an unknown path, 405 (with Allow) for a method other than GET/HEAD."""
         if request.path not in PUBLIC and not self.authorised(request):
             self.rlog.warning(
-                f"web-unauthorised:{request.remote}",
+                f"web-unauthorised:{request.peer}",
                 "event=web-unauthorised peer=%s path=%r",
-                request.remote,
+                request.peer,
                 request.path[:80],
             )
-            response: web.StreamResponse = web.Response(
-                status=401, text="401: a token is needed\n", headers={"WWW-Authenticate": REALM}
+            response = Response(
+                401,
+                b"401: a token is needed\n",
+                {"Content-Type": "text/plain; charset=utf-8", "WWW-Authenticate": REALM},
             )
+        elif (route := self.routes.get(request.path)) is None:
+            response = error_response(404)
+        elif request.method not in ("GET", "HEAD"):
+            response = error_response(405)
+            response.headers["Allow"] = "GET,HEAD"
         else:
-            try:
-                response = await handler(request)
-            except web.HTTPException as exc:
-                response = web.Response(status=exc.status, text=f"{exc.status}: {exc.reason}\n")
-                if "Allow" in exc.headers:  # 405 says which methods are allowed
-                    response.headers["Allow"] = exc.headers["Allow"]
+            response = route()
         response.headers.update(SECURITY_HEADERS)
         return response
 
     # -- routes -------------------------------------------------------------------------
-    async def _page(self, _request: web.Request) -> web.Response:
-        return web.Response(body=self.assets["index.html"], content_type="text/html")
+    def _page(self) -> Response:
+        return Response(
+            200, self.assets["index.html"], {"Content-Type": "text/html; charset=utf-8"}
+        )
 
-    async def _static(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        if name not in STATIC:
-            raise web.HTTPNotFound()
-        return web.Response(body=self.assets[name], content_type=STATIC[name])
+    def _static(self, name: str) -> Response:
+        return Response(200, self.assets[name], {"Content-Type": STATIC[name]})
 
-    async def _status(self, _request: web.Request) -> web.Response:
+    def _status(self) -> Response:
         page = view.build(self.snapshot(), time.time())
-        return web.Response(text=json.dumps(self.redact(page)), content_type="application/json")
+        return Response(
+            200,
+            json.dumps(self.redact(page)).encode(),
+            {"Content-Type": "application/json; charset=utf-8"},
+        )
 
-    async def _metrics(self, _request: web.Request) -> web.Response:
-        return web.Response(
-            body=self.metrics.render().encode(),
-            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+    def _metrics(self) -> Response:
+        return Response(
+            200,
+            self.metrics.render().encode(),
+            {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
 
     def redact(self, value: Any) -> Any:
