@@ -117,13 +117,14 @@ def test_disk_full_does_not_stop_deleting_delivered_records(tmp_path: Path, tiny
     stays up. Before the reserve, the first delete on the full disk ended the uplink."""
     node = make_node("esp32-0000000000d2")
     metrics_port = free_port()
-    broker = Mosquitto(tmp_path / "broker")
-    # The consumer's session is made before the outage, so that it gets every record
-    # published once the broker is back: the gateway's port probe reconnects and drains
-    # within a second, before a consumer subscribing only then would be there.
+    # The consumer's session is made before the outage and kept by the broker across its
+    # restart (persistence on), so the consumer connects only after the gateway drained
+    # and deleted everything, and still gets every record: no race with the port probe,
+    # which reconnects and drains within a second of the broker's start.
+    broker = Mosquitto(tmp_path / "broker", persistence=True)
     broker.start()
     Subscriber(broker.port, "citysense/#", persistent=True).close()
-    broker.stop()  # the outage (the broker's persistence keeps the session)
+    broker.stop()  # the outage
     cfg = write_config(
         tmp_path / "gw.toml",
         url=f'"mqtt://127.0.0.1:{broker.port}"',
@@ -151,17 +152,18 @@ def test_disk_full_does_not_stop_deleting_delivered_records(tmp_path: Path, tiny
         acked = set(sim.acked)
         assert len(acked) > 100
         broker.start()
+        deadline = time.monotonic() + 90
+        while (depth := scrape(metrics_port)["citysense_queue_depth"]) != 0:
+            assert gw.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"{depth} records not delivered and deleted"
+            time.sleep(0.2)
         sub = Subscriber(broker.port, "citysense/#", persistent=True)
         try:
-            deadline = time.monotonic() + 90
-            while not acked <= {s for _, s in sub.records()}:
-                assert gw.poll() is None, log.read_text()[-3000:]
-                assert time.monotonic() < deadline, "ACKed records never all delivered"
-                time.sleep(0.2)
-            deadline = time.monotonic() + 60
-            while (depth := scrape(metrics_port)["citysense_queue_depth"]) != 0:
-                assert gw.poll() is None, log.read_text()[-3000:]
-                assert time.monotonic() < deadline, f"{depth} delivered records not deleted"
+            deadline = time.monotonic() + 30
+            while not acked <= (got := {s for _, s in sub.records()}):
+                assert time.monotonic() < deadline, (
+                    f"{len(acked - got)} ACKed records deleted but never delivered"
+                )
                 time.sleep(0.2)
         finally:
             sub.close()
