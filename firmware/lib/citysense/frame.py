@@ -113,21 +113,23 @@ class Decoder:
         self._ready = []
         self.frames = 0  # good frames decoded
         self.errors = 0  # bad frames dropped
+        self.lend = None  # a buffer for the next OTA_CHUNK body (see _close), or None
 
     @property
     def buffered(self):
         """Bytes of the partial frame held in the buffer (never above MAX_ENCODED)."""
         return self._n
 
-    def feed(self, data):
-        """Take raw bytes from the link (bytes or bytearray are scanned in place)."""
+    def feed(self, data, n=-1):
+        """Take raw bytes from the link: `data`, or its first `n` bytes (a UART read
+        buffer; bytes or bytearray are scanned in place, not copied)."""
         if not hasattr(data, "find"):
             data = bytes(data)
         view = memoryview(data)
-        size = len(data)
+        size = len(data) if n < 0 else n
         start = 0
         while start < size:
-            end = data.find(b"\x00", start)
+            end = data.find(b"\x00", start, size)
             stop = size if end < 0 else end
             if stop > start:
                 self._take(view[start:stop])
@@ -182,7 +184,16 @@ class Decoder:
             self._fail("unknown frame type 0x%02x" % ftype, "unknown-type")
             return
         self.frames += 1
-        self._ready.append((ftype, bytes(view[1 : m - 4])))
+        body = view[1 : m - 4]
+        lent = self.lend
+        if ftype == _OTA_CHUNK and lent is not None and m - 5 <= len(lent):
+            # into the buffer the transfer lent (citysense/fetch.py), not a new ~0.5 KiB
+            # block per chunk; it is lent again once the chunk has been written out
+            self.lend = None
+            lent[: m - 5] = body
+            self._ready.append((ftype, memoryview(lent)[: m - 5]))
+            return
+        self._ready.append((ftype, bytes(body)))
 
     def _fail(self, message, reason):
         self.errors += 1

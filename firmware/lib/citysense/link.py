@@ -117,8 +117,9 @@ class Link:
         return ms + (ms * (r % 256)) // 1024  # up to +25 %
 
     # ---- input ----
-    def receive(self, data, now):
-        self.decoder.feed(data)
+    def receive(self, data, now, n=-1):
+        """Bytes read from the UART: `data`, or the first `n` of it (read in place)."""
+        self.decoder.feed(data, n)
         while True:
             try:
                 item = self.decoder.next_frame()
