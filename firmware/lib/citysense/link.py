@@ -226,7 +226,8 @@ class Link:
             self.sent_high = seq
         if self.deadline == _NO_TIME:
             self.deadline = now + self._jitter(self.rto)
-        return self.encoder.encode(frame.RECORD, buf.read(i))
+        enc = self.encoder  # the record read from flash into the frame's place
+        return enc.encode(frame.RECORD, None, buf.read(i, enc.room))
 
     def send_result(self, body):
         if len(self.results) < _MAX_RESULTS:
