@@ -293,9 +293,22 @@ class Node:
         seq = self.seqs.take()
         if self.first_seq < 0:
             self.first_seq = seq
-        payload = senml.record_payload(seq, self.boot, p, self.time_base)
-        # signed into the scratch buffer: no record-sized copy (the buffer writes it out)
-        record = cose.sign1(self.cfg.seed, self.kid, payload, cbor.scratch())
+        try:
+            payload = senml.record_payload(seq, self.boot, p, self.time_base)
+            # signed into the scratch buffer: no record-sized copy (the buffer writes it)
+            record = cose.sign1(self.cfg.seed, self.kid, payload, cbor.scratch())
+        except MemoryError:
+            # the heap cut up (a transfer boot has a few KiB to spare): this record is
+            # not made, counted in sys/dropped (its seq is a gap the gateway sees), the
+            # notes kept for the next one; a crash here would count towards safe mode
+            payload = None
+            gc.collect()
+            self.dropped += 1
+            state.store("dropped", self.dropped + self.buffer.dropped)
+            hal.event("dropped", seq, 1)
+            self.samples = 0
+            p.clear()
+            return
         before = self.buffer.dropped
         fits = len(record) <= frame.MAX_BODY
         if fits:

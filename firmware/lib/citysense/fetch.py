@@ -25,6 +25,7 @@ app is imported (citysense/ota.py, called by main.py).
 
 import gc
 import os
+from binascii import hexlify
 
 from citysense import cbor
 
@@ -72,7 +73,10 @@ def _close():
 
 @micropython.native
 def _hex(b):
-    return "".join("%02x" % x for x in b)
+    # hexlify makes the string alone; a join over a generator first builds a list of
+    # 32 strings (256 bytes on a 64-bit port): the stall test's MemoryError in the link
+    # task, when a stalled transfer was refused in a heap cut up by the sampling
+    return hexlify(b).decode()
 
 
 @micropython.native
