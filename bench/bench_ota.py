@@ -12,9 +12,9 @@ Prints, measured in the same run:
 - the baseline: the paced line's own rate, 200 KB pushed through one proxy;
 - the transfer of one bundle to one node: bytes of the bundle / time from the first
   byte on the node's flash (`ota/new.csb`) to the whole file (`ota/ready`), and that as a
-  share of the baseline. The node does not sample during its transfer boot
-  (docs/firmware.md, Firmware updates): the figure is the rate of a boot that only
-  fetches (buffered records still go first);
+  share of the baseline. The node samples normally during its transfer boot (a
+  record every 5 s here, sealed, signed and sent between the chunks, first), so this
+  is the rate while sampling;
 - N nodes updated at once on one gateway: from the `update` commands to the last
   `confirmed` (the transfers, the staging boots, the trials and the first ACKed record).
 """

@@ -41,17 +41,20 @@ def sig_structure(protected, payload, out=None):
     return out
 
 
-def sign1(seed, kid, payload):
-    """The tagged COSE_Sign1 encoding of `payload` signed with the 32-byte Ed25519 seed."""
+def sign1(seed, kid, payload, out=None):
+    """The tagged COSE_Sign1 encoding of `payload` signed with the 32-byte Ed25519 seed,
+    as bytes; given `out` (a bytearray, e.g. `cbor.scratch()`) it is encoded there and
+    `out` is returned: no record-sized copy (the caller uses it before the next one)."""
     kid = bytes(kid)
     if not 0 < len(kid) <= MAX_KID:
         raise ValueError("cose: kid must be 1..%d bytes" % MAX_KID)
     payload = bytes(payload)
-    out = cbor.scratch()  # no growing buffers on the hot path (see cbor.scratch)
-    sig = ed25519.sign(seed, sig_structure(PROTECTED, payload, out))
-    out[:] = b""
-    cbor.encode_into(out, cbor.Tag(COSE_SIGN1_TAG, [PROTECTED, {_HDR_KID: kid}, payload, sig]))
-    return bytes(out)
+    work = cbor.scratch()  # no growing buffers on the hot path (see cbor.scratch)
+    sig = ed25519.sign(seed, sig_structure(PROTECTED, payload, work))
+    into = work if out is None else out
+    into[:] = b""
+    cbor.encode_into(into, cbor.Tag(COSE_SIGN1_TAG, [PROTECTED, {_HDR_KID: kid}, payload, sig]))
+    return bytes(into) if out is None else into
 
 
 def _bad(message, reason="malformed"):

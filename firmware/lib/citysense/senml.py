@@ -47,6 +47,8 @@ _PAYLOAD_TIME_BASE = const(4)
 
 # per reading in the buffer: series, tail fields, n/u fields, n/u bytes, tail bytes
 _HEAD = const(5)
+_BUF_ROOM = const(384)  # bytes: a record's readings at batch 1 with notes (more grows it)
+_SERIES_ROOM = const(64)  # 16 series (names): sensors, sys/ readings, notes
 
 
 class Pack:
@@ -63,10 +65,17 @@ class Pack:
     """
 
     def __init__(self, base_name=None, base_time=None, base_unit=None):
-        self._buf = bytearray()
+        # both made with room for a record's readings, emptied (clear() keeps the room):
+        # grown reading by reading they are reallocated in a heap already cut up by then
+        # (a transfer boot: a 512-byte list growth found no hole), and every growth
+        # that cannot happen in place leaves a hole behind
+        self._buf = bytearray(_BUF_ROOM)
+        self._buf[:] = b""
         self._count = 0
         self._size = 0  # bytes of the readings encoded one by one: an upper bound
-        self._series = []  # name, unit, count, n/u bytes: 4 items per series
+        # name, unit, count, n/u bytes: 4 items per series
+        self._series = [None] * _SERIES_ROOM  # type: list
+        del self._series[:]
         self._base = {}
         if base_name is not None:
             self._base[BN] = base_name
