@@ -230,25 +230,27 @@ def _tlen(n):
     return n + (1 if n < 24 else 2 if n < 256 else 3)
 
 
-def record_payload(seq, boot, pack, time_base=TIME_UNIX):
+def record_payload(seq, boot, pack, time_base=TIME_UNIX, out=None):
     """The payload the node signs: CBOR {1: seq, 2: boot, 3: pack, 4: time base}.
 
-    `pack` is a Pack or a list of SenML record dicts."""
+    `pack` is a Pack or a list of SenML record dicts. As bytes; given `out` (a
+    bytearray, e.g. from `cose.room`), appended to it and `out` is returned: no
+    payload-sized block (Node.seal signs it there in place)."""
     if time_base not in (TIME_UNIX, TIME_BOOT):
         raise ValueError("senml: time base must be 0 (Unix) or 1 (since boot)")
-    out = cbor.scratch()
-    out.append(0xA4)
-    cbor.encode_into(out, _PAYLOAD_SEQ)
-    cbor.encode_into(out, seq)
-    cbor.encode_into(out, _PAYLOAD_BOOT)
-    cbor.encode_into(out, boot)
-    cbor.encode_into(out, _PAYLOAD_PACK)
+    buf = cbor.scratch() if out is None else out
+    buf.append(0xA4)
+    cbor.encode_into(buf, _PAYLOAD_SEQ)
+    cbor.encode_into(buf, seq)
+    cbor.encode_into(buf, _PAYLOAD_BOOT)
+    cbor.encode_into(buf, boot)
+    cbor.encode_into(buf, _PAYLOAD_PACK)
     if isinstance(pack, Pack):
-        pack.encode_into(out)
+        pack.encode_into(buf)
     else:
         if not pack:
             raise ValueError("senml: an empty pack")
-        cbor.encode_into(out, pack)
-    cbor.encode_into(out, _PAYLOAD_TIME_BASE)
-    cbor.encode_into(out, time_base)
-    return bytes(out)
+        cbor.encode_into(buf, pack)
+    cbor.encode_into(buf, _PAYLOAD_TIME_BASE)
+    cbor.encode_into(buf, time_base)
+    return bytes(buf) if out is None else out
