@@ -294,9 +294,11 @@ class Node:
         if self.first_seq < 0:
             self.first_seq = seq
         try:
-            payload = senml.record_payload(seq, self.boot, p, self.time_base)
-            # signed into the scratch buffer: no record-sized copy (the buffer writes it)
-            record = cose.sign1(self.cfg.seed, self.kid, payload, cbor.scratch())
+            # the payload encoded into the scratch buffer and signed there in place: no
+            # block of a record's size (the buffer writes it before the next use)
+            payload = cose.room(cbor.scratch())
+            senml.record_payload(seq, self.boot, p, self.time_base, payload)
+            record = cose.sign_in(self.cfg.seed, self.kid, payload)
         except MemoryError:
             # the heap cut up (a transfer boot has a few KiB to spare): this record is
             # not made, counted in sys/dropped (its seq is a gap the gateway sees), the
