@@ -320,4 +320,10 @@ def test_a_stalled_transfer_is_given_up_and_the_node_keeps_sampling(stack: Stack
             "records with real readings",
         )
     _no_record_lost(stack, "ota-s1")
+    # and none skipped: a transfer boot's heap holds every record the node seals (a
+    # MemoryError while sealing would be a seq gap, an "ev": "dropped" line, sys/dropped)
+    log = (stack.d / "ota-s1.log").read_text().splitlines()
+    assert [line for line in log if line.startswith('{"ev": "dropped"')] == []
+    dropped = [v for _, r in stack.records("ota-s1") for v in r.get("sys/dropped", [])]
+    assert dropped and set(dropped) == {0}
     stack.retire("ota-s1")
