@@ -12,17 +12,17 @@ from citysense import app, cose  # noqa: E402
 
 node = app.Node(enc, dec)
 node.setup_sensors()
-sign1 = cose.sign1
+sign_in = cose.sign_in
 
 
 def no_heap(*args):
     raise MemoryError("memory allocation failed, allocating 271 bytes")
 
 
-cose.sign1 = no_heap
+cose.sign_in = no_heap
 node.sync_now = True
 node.sample()  # sealed at once: its signing fails
-cose.sign1 = sign1
+cose.sign_in = sign_in
 node.sync_now = True
 node.sample()
 for i in range(len(node.buffer)):
