@@ -40,7 +40,7 @@ FILE = "ota/new.csb"
 STAGE = "ota/stage"
 READY = "ota/ready"
 REFUSED = "ota/refused"
-CHUNK = 512  # bytes asked per GET
+CHUNK = 960  # bytes asked per GET (the gateway's CHUNK_MAX; fewer round trips)
 _STALL_MS = const(120000)  # no byte this long (line cut, gateway gone): given up
 _stall = _STALL_MS  # `ota/stall_s` overrides it (tests)
 LIMIT = 1056776  # the largest bundle citysense_formats.bundle builds (header + manifest + 1 MiB)
@@ -50,9 +50,9 @@ _moved = -1  # when the transfer last moved (a chunk appended; -1: not resumed y
 _f = None  # FILE, open for appending while a transfer runs (no file object per chunk)
 _off = 0  # its size: the offset asked for next
 # An OTA_CHUNK body lands here: the frame decoder is lent this buffer and copies the next
-# chunk into it (frame.Decoder.lend), instead of a new ~0.5 KiB block per chunk that the
+# chunk into it (frame.Decoder.lend), instead of a new ~1 KiB block per chunk that the
 # sampling's own allocations would cut the heap around; lent again once written out.
-_buf = bytearray(CHUNK + 48)  # 512 bytes + the map around them (id, offset, heads)
+_buf = bytearray(CHUNK + 48)  # 960 bytes + the map around them (id, offset, heads)
 
 
 @micropython.native
