@@ -227,14 +227,19 @@ class MemBuffer:
         """Index of the first entry with seq >= `seq` (len(self) if none)."""
         return bisect.bisect_left(self._seqs, seq)
 
-    def read(self, i: int) -> bytes:
-        """The record body at `i`: the link calls this only to send it."""
+    def read(self, i: int, out: Any = None) -> Any:
+        """The record body at `i` (bytes), or copied into `out` and its length returned
+        (as the firmware's Buffer.read): the link calls this only to send it."""
         seq = self._seqs[i]
         if seq in self.sent:
             self.log.count("retransmitted_records")
         self.sent.add(seq)
         self.sent_at[seq] = time.monotonic()
-        return self._bodies[i]
+        body = self._bodies[i]
+        if out is None:
+            return body
+        out[: len(body)] = body
+        return len(body)
 
     def ack(self, seq: int) -> int:
         k = self.index_of(seq + 1)

@@ -38,6 +38,32 @@ def test_sign1_exact_bytes():
     )
 
 
+def _sign1_by_encoder(kid, payload):
+    """The COSE_Sign1 as the CBOR encoder writes it (the structure, item by item)."""
+    sig = ed25519.sign(SEED, cose.sig_structure(cose.PROTECTED, payload))
+    return cbor.dumps(Tag(18, [cose.PROTECTED, {4: kid}, payload, sig]))
+
+
+def test_sign_in_place_at_every_head_length():
+    # payloads and kids at the edges of the 1-, 2- and 3-byte bstr heads: the record
+    # built in place around the payload = the encoder's bytes
+    buf = bytearray(1152)
+    for k in (1, 23, 24, 64):
+        for n in (0, 1, 23, 24, 255, 256, 940):
+            kid = b"k" * k
+            payload = bytes((i * 7) & 0xFF for i in range(n))
+            cose.room(buf)
+            eq(len(buf), cose.PAYLOAD_AT, "room")
+            buf.extend(payload)
+            got = cose.sign_in(SEED, kid, buf)
+            eq(bytes(got), _sign1_by_encoder(kid, payload), "sign_in kid %d payload %d" % (k, n))
+            eq(cose.verify1(PUB, bytes(got), kid), (kid, payload), "verifies")
+            del got  # a view into buf (CPython refuses to resize an exported buffer)
+    cose.room(buf)
+    buf.extend(PAYLOAD)
+    eq(bytes(cose.sign_in(SEED, KID, buf)), SIGNED, "sign_in = the gateway's bytes")
+
+
 def test_verify1_roundtrip():
     eq(cose.verify1(PUB, SIGNED), (KID, PAYLOAD), "verify1")
     eq(cose.verify1(PUB, SIGNED, KID), (KID, PAYLOAD), "verify1 with kid")
@@ -91,3 +117,4 @@ def test_wrong_structure():
 def test_sign1_rejects_bad_kid():
     raises(ValueError, cose.sign1, SEED, b"", PAYLOAD)
     raises(ValueError, cose.sign1, SEED, b"k" * 65, PAYLOAD)
+    raises(ValueError, cose.sign_in, SEED, b"k" * 65, cose.room(bytearray()))

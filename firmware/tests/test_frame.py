@@ -73,6 +73,16 @@ def test_encode_exact():
             eq(bytes(enc.encode(frame.RECORD, body)), frame.encode(frame.RECORD, body), "n=%d" % n)
 
 
+def test_encode_from_room():
+    # the body put in enc.room first (a record read from flash there): the same bytes,
+    # the frame starting as far in as the longest one needs
+    enc = frame.Encoder()
+    for n in (0, 1, 249, 250, 504, 1006, 1019):
+        body = bytes([1 + i % 255 for i in range(n)])
+        enc.room[:n] = body
+        eq(bytes(enc.encode(frame.RECORD, None, n)), frame.encode(frame.RECORD, body), "n=%d" % n)
+
+
 def test_encode_limits():
     true(len(frame.encode(frame.RECORD, bytes(frame.MAX_BODY))) > 1024, "max body")
     e = raises(FrameError, frame.encode, frame.RECORD, bytes(frame.MAX_BODY + 1))

@@ -2,7 +2,7 @@
 
 from citysense import cbor, senml
 
-from check import eq, raises, unhex
+from check import eq, raises, true, unhex
 
 PACK_HEX = (
     "84a6006474656d70016343656c02f94d600600217365737033322d6131623263336434653566362f22"
@@ -33,6 +33,10 @@ def test_pack_exact_bytes():
 def test_record_payload_exact_bytes():
     want = unhex("a401182a020303" + PACK_HEX + "0400")
     eq(senml.record_payload(42, 3, _pack(), senml.TIME_UNIX), want, "payload")
+    out = bytearray(b"in front")
+    got = senml.record_payload(42, 3, _pack(), senml.TIME_UNIX, out)
+    true(got is out, "given out: appended to it and returned")
+    eq(bytes(out), b"in front" + want, "payload appended to out")
     got = cbor.loads(senml.record_payload(1, 0, [{0: "x", 2: 1}], senml.TIME_BOOT))
     eq(got, {1: 1, 2: 0, 3: [{0: "x", 2: 1}], 4: 1}, "list pack, boot time base")
 

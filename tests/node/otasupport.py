@@ -162,6 +162,15 @@ class Stack:
                 out.append((seq, readings(payload)))
         return out
 
+    def boots(self, device: str) -> list[tuple[int, dict[str, list[Any]]]]:
+        """(boot count, readings) of every record of `device` the broker delivered."""
+        out = []
+        for topic, payload, _ in self.sub.snapshot():
+            if topic == f"citysense/v1/{GW}/{device}/records":
+                boot = decode_record_payload(parse_sign1(payload).payload).boot
+                out.append((boot, readings(payload)))
+        return out
+
     def ota_notes(self, device: str) -> list[str]:
         return [n for _, r in self.records(device) for n in r.get("sys/ota", [])]
 

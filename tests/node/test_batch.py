@@ -40,3 +40,20 @@ def test_batch_64_is_sealed_at_the_frame_size(tmp_path: Path) -> None:
     assert samples == [6, 7, 7, 7, 7, 7]  # the first also holds sys/fw (96 bytes kept for it)
     seqs = [decode_record_payload(verify1(PUB, raw)[1]).seq for raw in records]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+def test_a_record_that_finds_no_heap_is_counted_and_the_node_goes_on(tmp_path: Path) -> None:
+    """A MemoryError while a record is signed (a transfer boot's heap, cut up) does not
+    end the sampler (a crash per transfer boot would walk into safe mode): the record is
+    not made, its seq is a gap, sys/dropped says 1, and the next record carries the
+    notes (sys/fw) that the lost one would have."""
+    provision(tmp_path)
+    out = run("sealoom.py", flash=tmp_path, heap="96k").splitlines()
+    assert out[-1] == "DROPPED 1 SAMPLES 0"
+    records = [bytes.fromhex(line.split()[1]) for line in out if line.startswith("REC ")]
+    assert len(records) == 1
+    payload = decode_record_payload(verify1(PUB, records[0])[1])
+    values = {name: value for name, _, value, _ in resolve(payload.pack)}
+    assert values["esp32-test/sys/dropped"] == 1
+    assert "esp32-test/sys/fw" in values
+    assert payload.seq == 2  # seq 1 was the record not made

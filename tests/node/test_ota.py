@@ -48,6 +48,7 @@ def test_update_command_to_confirmed_with_records_flowing(stack: Stack) -> None:
     assert (result[2], result[3]) == (True, f"staging bundle={bid[:16]}")
     stack.wait_note("ota-a", "staged 0.2.0", 120)
     stack.wait_note("ota-a", "trial 0.2.0", 60)
+    _sampled_during_transfer(stack, "ota-a")
     stack.wait_note("ota-a", "confirmed 0.2.0", 60)
     assert "0.2.0" in stack.fw("ota-a")
     flash = stack.flash("ota-a")
@@ -57,6 +58,21 @@ def test_update_command_to_confirmed_with_records_flowing(stack: Stack) -> None:
     wait_until(lambda: len(stack.records("ota-a")) > before + 2, 30, "records after confirm")
     _no_record_lost(stack, "ota-a")
     stack.retire("ota-a")
+
+
+SENSED = ("temp", "pressure", "humidity", "battery")
+
+
+def _sampled_during_transfer(stack: Stack, device: str) -> None:
+    """The boot that fetched the bundle (the one before the trial's: the staging boot
+    makes no record) sampled normally: records with real readings, not only sys/ ones."""
+    boots = stack.boots(device)
+    trial = next(b for b, r in boots if "trial 0.2.0" in r.get("sys/ota", []))
+    during = [r for b, r in boots if b == trial - 1]
+    sensed = [r for r in during if all(r.get(k) for k in SENSED)]
+    assert len(sensed) >= 2, f"records of the transfer boot: {during}"
+    for r in sensed:
+        assert all(isinstance(v, float | int) for k in SENSED for v in r[k]), r
 
 
 def _cache_raw(stack: Stack, data: bytes) -> str:
@@ -263,3 +279,51 @@ def test_technician_push_offers_and_the_node_updates(stack: Stack) -> None:
     ]  # fmt: skip
     _no_record_lost(stack, "ota-o1")
     stack.retire("ota-o1")
+
+
+def test_a_stalled_transfer_is_given_up_and_the_node_keeps_sampling(stack: Stack) -> None:
+    """The gateway gone during a transfer: no chunk for `ota/stall_s` seconds, and the
+    node gives the transfer up (`refused <id16>: stalled`, the partial bundle deleted)
+    while it goes on sampling: records with real readings during that boot and after.
+    After a boot of its own, the node's flash is made what an `update` command leaves
+    (the bundle named in `ota/stage`, a prefix of it fetched); the gateway is stopped
+    before the node boots again, so no chunk can come, and started again to deliver
+    what the node buffered meanwhile."""
+    data = make_bundle("0.2.0", 2)
+    bid = bundle.bundle_id(data)
+    stack.add_node("ota-s1", "02ff00000002")
+    wait_until(lambda: stack.fw("ota-s1"), 60, "a first record of ota-s1")
+    stack.cut_power("ota-s1")
+    first = {b for b, _ in stack.boots("ota-s1")}
+    ota = stack.flash("ota-s1") / "ota"
+    ota.mkdir()
+    (ota / "stall_s").write_text("4")  # the bound (120 s), shortened
+    (ota / "stage").write_text(bid)
+    (ota / "new.csb").write_bytes(data[:1024])
+    stack.stop_gateway()
+    try:
+        stack.start_node("ota-s1", "02ff00000002")
+        wait_until((ota / "refused").exists, 60, "the stalled transfer given up")
+        time.sleep(3)  # the boot after it samples too
+    finally:
+        stack.start_gateway()
+    assert (ota / "refused").read_text() == bid
+    assert not (ota / "stage").exists() and not (ota / "new.csb").exists()
+    assert stack.wait_note("ota-s1", "refused", 60) == f"refused {bid[:16]}: stalled"
+    stalled = max(first) + 1  # the boot whose transfer stalled
+    for which in (lambda b: b == stalled, lambda b: b > stalled):
+        wait_until(
+            lambda w=which: (
+                sum(w(b) and all(r.get(k) for k in SENSED) for b, r in stack.boots("ota-s1")) >= 2
+            ),
+            30,
+            "records with real readings",
+        )
+    _no_record_lost(stack, "ota-s1")
+    # and none skipped: a transfer boot's heap holds every record the node seals (a
+    # MemoryError while sealing would be a seq gap, an "ev": "dropped" line, sys/dropped)
+    log = (stack.d / "ota-s1.log").read_text().splitlines()
+    assert [line for line in log if line.startswith('{"ev": "dropped"')] == []
+    dropped = [v for _, r in stack.records("ota-s1") for v in r.get("sys/dropped", [])]
+    assert dropped and set(dropped) == {0}
+    stack.retire("ota-s1")

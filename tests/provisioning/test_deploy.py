@@ -59,8 +59,10 @@ def test_mpy_build_for_esp32() -> None:
         data = files[path]
         # .mpy v6 header: 'M', 6, then the arch in the top bits of byte 2; it is set
         # (MP_NATIVE_ARCH_XTENSAWIN = 10) only for modules with native code (the viper
-        # crypto), 0 for plain bytecode
-        native = path in ("/lib/citysense/ed25519.mpy", "/lib/citysense/sha512.mpy")
+        # crypto, fetch's and bme280's @micropython.native functions), 0 for plain bytecode
+        native = path in {
+            f"/lib/citysense/{m}.mpy" for m in ("ed25519", "sha512", "fetch", "bme280")
+        }
         assert data[0:2] == b"M\x06" and data[2] >> 2 == (10 if native else 0), path
     again = deploy.build(REPO / "firmware", compile_mpy=True)
     assert again == files  # deterministic, so a second deploy copies nothing

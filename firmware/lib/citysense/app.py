@@ -145,6 +145,7 @@ class Node:
         if not self.cfg.fatal and _text("ota/stage"):
             from citysense import fetch  # a transfer is under way: it goes on (fetch.py)
 
+            self.setup_sensors()  # now, while the heap is in one piece (the sampler would)
             fetch.step(self, 0)
 
     # ---- firmware updates (slots: citysense/slots.py; the update path: ota.py) ----
@@ -265,8 +266,8 @@ class Node:
             self.t0 = secs
         t = secs - self.t0
         start = self.pack.nbytes
-        for s in self.sensors:
-            s.read_into(self.pack, t)
+        for read_into in self.sensors:
+            read_into(self.pack, t)
         self.samples += 1
         # `batch` samples per record at most: sealed earlier when one more sample of
         # this size would not fit the frame (batch 64 would make a ~5 KB record)
@@ -292,8 +293,24 @@ class Node:
         seq = self.seqs.take()
         if self.first_seq < 0:
             self.first_seq = seq
-        payload = senml.record_payload(seq, self.boot, p, self.time_base)
-        record = cose.sign1(self.cfg.seed, self.kid, payload)
+        try:
+            # the payload encoded into the scratch buffer and signed there in place: no
+            # block of a record's size (the buffer writes it before the next use)
+            payload = cose.room(cbor.scratch())
+            senml.record_payload(seq, self.boot, p, self.time_base, payload)
+            record = cose.sign_in(self.cfg.seed, self.kid, payload)
+        except MemoryError:
+            # the heap cut up (a transfer boot has a few KiB to spare): this record is
+            # not made, counted in sys/dropped (its seq is a gap the gateway sees), the
+            # notes kept for the next one; a crash here would count towards safe mode
+            payload = None
+            gc.collect()
+            self.dropped += 1
+            state.store("dropped", self.dropped + self.buffer.dropped)
+            hal.event("dropped", seq, 1)
+            self.samples = 0
+            p.clear()
+            return
         before = self.buffer.dropped
         fits = len(record) <= frame.MAX_BODY
         if fits:
@@ -316,12 +333,9 @@ class Node:
         p.clear()
 
     async def sampler(self):
-        # a boot that fetches a bundle does not sample: the heap (96 KiB) has no room
-        # for both. Buffered records still go out first; the transfer ends in a reboot.
-        while "citysense.fetch" in sys.modules:
-            self.beat_sampler = self.now()
-            await asyncio.sleep_ms(200)
-        self.setup_sensors()
+        # a boot that fetches a bundle samples too (its sensors were opened with fetch)
+        if not self.sensors:
+            self.setup_sensors()
         while True:
             start = self.now()
             self.beat_sampler = start
@@ -342,7 +356,7 @@ class Node:
             self.beat_link = now
             n = uart.readinto(buf)
             if n:
-                link.receive(bytes(buf[:n]), now)
+                link.receive(buf, now, n)  # in place: no copy of every read
                 if link.time_set:
                     link.time_set = False
                     hal.set_time(now + link.unix_offset)

@@ -186,15 +186,20 @@ class Buffer:
                 hi = mid
         return lo
 
-    def read(self, i):
-        """The payload of pending entry i (bytes)."""
+    def read(self, i, out=None):
+        """The payload of pending entry i: bytes, or read into `out` (a writable buffer
+        with room for it, e.g. frame.Encoder.room) and its length returned."""
         loc = self._locs[i]
         off = loc & 0xFFFF
         with open(self._name(loc >> 16), "rb") as f:
             f.seek(off)
             head = f.read(3)
             f.seek(off + (_HDR if head[0] == _MAGIC else _HDR32))
-            return f.read(head[1] | (head[2] << 8))
+            n = head[1] | (head[2] << 8)
+            if out is None:
+                return f.read(n)
+            f.readinto(memoryview(out)[:n])
+            return n
 
     def ack(self, seq):
         """Cumulative ACK: forget entries with seq <= `seq`; delete segments all acked.

@@ -41,17 +41,73 @@ def sig_structure(protected, payload, out=None):
     return out
 
 
-def sign1(seed, kid, payload):
-    """The tagged COSE_Sign1 encoding of `payload` signed with the 32-byte Ed25519 seed."""
+# sign_in's layout: the payload from PAYLOAD_AT on, room in front for the longest heads
+# (the COSE_Sign1's 8 + a kid of 64 bytes with its 2-byte head + the payload's 3-byte
+# bstr head = 77; the Sig_structure's 17 + 3), 66 bytes behind it for the signature
+PAYLOAD_AT = const(80)
+_SIG_HEAD = b"\x84\x6aSignature1\x43\xa1\x01\x27\x40"  # ["Signature1", protected, h'', ...
+_SIGN1_HEAD = b"\xd2\x84\x43\xa1\x01\x27\xa1\x04"  # 18([protected, {4: ...
+
+
+def room(buf):
+    """Empty bytearray `buf` up to PAYLOAD_AT bytes (its allocation kept): append the
+    payload to it, then `sign_in` builds the record around it."""
+    buf[:] = b""
+    for _ in range(PAYLOAD_AT):
+        buf.append(0)
+    return buf
+
+
+def _bstr_head(buf, end, n):
+    """Write the shortest head of a bstr of n (< 65536) bytes so that it ends at `end`;
+    returns where it starts."""
+    if n < 24:
+        buf[end - 1] = 0x40 | n
+        return end - 1
+    if n < 256:
+        buf[end - 2] = 0x58
+        buf[end - 1] = n
+        return end - 2
+    buf[end - 3] = 0x59
+    buf[end - 2] = n >> 8
+    buf[end - 1] = n & 0xFF
+    return end - 3
+
+
+def sign_in(seed, kid, buf):
+    """The tagged COSE_Sign1 of the payload in `buf` (a bytearray from `room`, the
+    payload appended), signed with the 32-byte Ed25519 seed and built in place: the
+    Sig_structure is the payload with its heads written in front of it, then the
+    COSE_Sign1's heads overwrite those and the signature is appended. Returns a
+    memoryview into `buf` (valid until it is reused): neither payload nor record is
+    copied, so a record needs no contiguous block of its size (a cut-up heap has
+    none: the transfer boot's MemoryError for a 228-byte payload)."""
     kid = bytes(kid)
-    if not 0 < len(kid) <= MAX_KID:
+    k = len(kid)
+    if not 0 < k <= MAX_KID:
         raise ValueError("cose: kid must be 1..%d bytes" % MAX_KID)
-    payload = bytes(payload)
-    out = cbor.scratch()  # no growing buffers on the hot path (see cbor.scratch)
-    sig = ed25519.sign(seed, sig_structure(PROTECTED, payload, out))
-    out[:] = b""
-    cbor.encode_into(out, cbor.Tag(COSE_SIGN1_TAG, [PROTECTED, {_HDR_KID: kid}, payload, sig]))
-    return bytes(out)
+    at = _bstr_head(buf, PAYLOAD_AT, len(buf) - PAYLOAD_AT)
+    start = at - len(_SIG_HEAD)
+    buf[start:at] = _SIG_HEAD
+    sig = ed25519.sign(seed, memoryview(buf)[start:])
+    # the payload's head is the same in both: the COSE_Sign1's kid goes in front of it
+    kat = at - k
+    buf[kat:at] = kid
+    kat = _bstr_head(buf, kat, k)
+    start = kat - len(_SIGN1_HEAD)
+    buf[start:kat] = _SIGN1_HEAD
+    buf.append(0x58)
+    buf.append(64)
+    buf.extend(sig)
+    return memoryview(buf)[start:]
+
+
+def sign1(seed, kid, payload):
+    """The tagged COSE_Sign1 encoding of `payload` signed with the 32-byte Ed25519 seed,
+    as bytes (built in `cbor.scratch()` by `sign_in`)."""
+    buf = room(cbor.scratch())  # no growing buffers on the hot path (see cbor.scratch)
+    buf.extend(payload)
+    return bytes(sign_in(seed, kid, buf))
 
 
 def _bad(message, reason="malformed"):

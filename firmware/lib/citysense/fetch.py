@@ -2,10 +2,11 @@
 
 Kept as small as can be: the app runs in a 96 KiB heap with a few KiB to spare, and a
 module's qstrs stay interned for the rest of the boot (one more qstr pool is ~7 KiB),
-so this module only moves bytes, and a boot that fetches does not sample (app.sampler
-waits while this module is loaded; buffered records still go out, first). Everything
-that checks the bytes runs at the next boot, in a fresh heap, before the app is
-imported (citysense/ota.py, called by main.py).
+so this module only moves bytes, while the node samples normally (its records go out
+first). Its functions are native code (not kept in the GC heap) and a chunk is read
+where the frame decoder put it, in this module's buffer (`_buf`), with no copy.
+Everything that checks the bytes runs at the next boot, in a fresh heap, before the
+app is imported (citysense/ota.py, called by main.py).
 
 - The bundle's bytes are appended to `ota/new.csb` (kept open, flushed after every
   chunk); `ota/stage` names the bundle (64 hex). After a power cut the file holds a
@@ -14,40 +15,47 @@ imported (citysense/ota.py, called by main.py).
   (link.ota_get); no answer in 2 s: asked again (a line cut, a gateway restarting).
 - OTA_CHUNK at that offset: appended. Empty bytes: the end of the bundle: `ota/stage` is
   renamed `ota/ready` and the node reboots; {4: reason}: the gateway cannot serve it:
-  refused (`ota/refused`: an offer of it is not taken again). No byte for 120 s (a
-  cut line, a gateway gone): refused `stalled`, so that the node samples again; an
-  `update` command starts the transfer again. A transfer is started by
-  the app (the `update` COMMAND, an OTA_OFFER): it names the bundle in `ota/stage` and
-  reboots, so this module is imported at the start of a boot, in a heap not cut up yet.
+  refused (`ota/refused`: an offer of it is not taken again). No chunk for 120 s (a
+  cut line, a gateway gone; `ota/stall_s` overrides it): refused `stalled` and a
+  reboot (this module unloaded); an `update` command starts the transfer again. A
+  transfer is started by the app (the `update` COMMAND, an OTA_OFFER): it names the
+  bundle in `ota/stage` and reboots, so this module is imported at the start of a boot,
+  in a heap not cut up yet.
 """
 
 import gc
 import os
+from binascii import hexlify
 
 from citysense import cbor
 
 try:
+    import micropython
     from micropython import const
-except ImportError:
-
-    def const(x):  # type: ignore[misc]
-        return x
+except ImportError:  # CPython: native does nothing there (citysense/pyviper.py)
+    from citysense.pyviper import const, micropython  # type: ignore[assignment,no-redef]
 
 
 FILE = "ota/new.csb"
 STAGE = "ota/stage"
 READY = "ota/ready"
 REFUSED = "ota/refused"
-CHUNK = 512  # bytes asked per GET
+CHUNK = 960  # bytes asked per GET (the gateway's CHUNK_MAX; fewer round trips)
 _STALL_MS = const(120000)  # no byte this long (line cut, gateway gone): given up
+_stall = _STALL_MS  # `ota/stall_s` overrides it (tests)
 LIMIT = 1056776  # the largest bundle citysense_formats.bundle builds (header + manifest + 1 MiB)
 bundle = None  # the bundle being fetched (32 bytes); the app polls while it is set
 _asked = -1  # when the last GET went out
 _moved = -1  # when the transfer last moved (a chunk appended; -1: not resumed yet)
 _f = None  # FILE, open for appending while a transfer runs (no file object per chunk)
 _off = 0  # its size: the offset asked for next
+# An OTA_CHUNK body lands here: the frame decoder is lent this buffer and copies the next
+# chunk into it (frame.Decoder.lend), instead of a new ~1 KiB block per chunk that the
+# sampling's own allocations would cut the heap around; lent again once written out.
+_buf = bytearray(CHUNK + 48)  # 960 bytes + the map around them (id, offset, heads)
 
 
+@micropython.native
 def _size():
     try:
         return os.stat(FILE)[6]
@@ -55,6 +63,7 @@ def _size():
         return 0
 
 
+@micropython.native
 def _close():
     global _f
     if _f is not None:
@@ -62,10 +71,15 @@ def _close():
         _f = None
 
 
+@micropython.native
 def _hex(b):
-    return "".join("%02x" % x for x in b)
+    # hexlify makes the string alone; a join over a generator first builds a list of
+    # 32 strings (256 bytes on a 64-bit port): the stall test's MemoryError in the link
+    # task, when a stalled transfer was refused in a heap cut up by the sampling
+    return hexlify(b).decode()
 
 
+@micropython.native
 def _put(path, text):
     try:
         os.mkdir("ota")
@@ -75,6 +89,7 @@ def _put(path, text):
         f.write(text)
 
 
+@micropython.native
 def _drop():
     _close()
     for p in (FILE, STAGE):
@@ -84,6 +99,7 @@ def _drop():
             pass
 
 
+@micropython.native
 def _refuse(node, why):
     global bundle
     b = bundle or b""
@@ -91,9 +107,10 @@ def _refuse(node, why):
     _put(REFUSED, _hex(b))
     _drop()
     bundle = None
-    node.reboot_at = node.now() + 500  # the next boot samples again
+    node.reboot_at = node.now() + 500  # the next boot runs without this module
 
 
+@micropython.native
 def _take(node, t, m, now):
     global bundle, _asked, _f, _off, _moved
     if t != 10:  # an OTA_OFFER while a transfer runs: this one goes on
@@ -124,6 +141,7 @@ def _take(node, t, m, now):
     _moved = now
 
 
+@micropython.native
 def _chunk(b):
     """An OTA_CHUNK with bytes, {1: id, 2: offset, 3: bytes} as the gateway encodes it,
     read in place (the bytes are a memoryview into the frame body, not a copy); None
@@ -152,13 +170,15 @@ def _chunk(b):
         return None
     if i + n != len(b):
         return None
-    return {1: b[4:36], 2: off, 3: memoryview(b)[i:]}
+    return {1: bytes(b[4:36]), 2: off, 3: memoryview(b)[i:]}
 
 
+@micropython.native
 def step(node, now):
     """Called by the app at boot when `ota/stage` names a bundle (app.Node._want wrote
     it), then by its link loop while the transfer runs or OTA frames came in."""
-    global bundle, _asked, _off, _moved
+    global bundle, _asked, _off, _moved, _stall
+    link = node.link
     if _moved < 0:  # the first call of this boot: the transfer goes on from the file's size
         _moved = now
         try:
@@ -168,19 +188,26 @@ def step(node, now):
             _off = _size()
         except (OSError, ValueError):
             pass
-    link = node.link
+        try:
+            with open("ota/stall_s") as f:
+                _stall = int(f.read()) * 1000
+        except (OSError, ValueError):
+            pass
+        link.decoder.lend = _buf
     while link.ota_in:
         t, body = link.ota_in.pop(0)
         try:
             m = _chunk(body) if t == 10 else None
             if m is None:
-                m = cbor.loads(body)
+                m = cbor.loads(bytes(body))
             if isinstance(m, dict):
                 _take(node, t, m, now)
         except (ValueError, TypeError, IndexError):
             pass
-    if bundle is not None and now - _moved > _STALL_MS:
-        _refuse(node, "stalled")  # the next boot samples; an `update` command restarts it
+        body = m = None
+        link.decoder.lend = _buf  # written out (or dropped): the next chunk may land there
+    if bundle is not None and now - _moved > _stall:
+        _refuse(node, "stalled")  # an `update` command restarts it
     if bundle is not None and link.ota_get is None and (_asked < 0 or now - _asked >= 2000):
         gc.collect()  # a chunk's body and its bytes were the biggest blocks made since
         link.ota_get = cbor.dumps({1: bundle, 2: _off, 3: CHUNK})

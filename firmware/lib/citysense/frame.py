@@ -43,6 +43,7 @@ MAX_FRAME = const(1024)  # type + body + crc, before COBS
 MAX_BODY = const(1019)  # MAX_FRAME - 1 - 4
 MAX_ENCODED = const(1029)  # COBS of MAX_FRAME bytes, without the delimiter
 _MIN_FRAME = const(5)
+_ROOM = const(5)  # MAX_FRAME // 254 + 1: where Encoder.room's frame starts
 
 NAMES = {
     HELLO: "HELLO",
@@ -55,15 +56,17 @@ NAMES = {
 }
 
 
-def _fill(raw, ftype, body):
-    """Write type || body || crc into `raw`; returns the frame length."""
-    n = len(body) + 5
+def _fill(raw, ftype, body, n=-1):
+    """Write type || body || crc into `raw` (body None: its `n` bytes are there already);
+    returns the frame length."""
+    n = (len(body) if body is not None else n) + 5
     if n > MAX_FRAME:
         raise FrameError("frame of %d bytes exceeds %d" % (n, MAX_FRAME), "oversize")
     if not 0 <= ftype <= 0xFF:
         raise ValueError("frame type out of range")
     raw[0] = ftype
-    raw[1 : n - 4] = body
+    if body is not None:
+        raw[1 : n - 4] = body
     struct.pack_into(">I", raw, n - 4, crc32(memoryview(raw)[: n - 4]))
     return n
 
@@ -87,17 +90,27 @@ class Encoder:
     the one being read. One MAX_ENCODED buffer instead of two saves 1 KiB of heap.
     `encode()` returns a memoryview into the encoder's buffer, valid until the next
     call: write it out (UART.write) before encoding the next frame.
+
+    `room` is where a body can be put before `encode(ftype, None, n)` (a record read
+    from flash straight into it, no bytes object per send): the frame then starts
+    _ROOM bytes in, as far as the longest frame needs (1024 // 254 + 1), which keeps
+    the in-place encoding behind its reading for any shorter frame too.
     """
 
     def __init__(self):
         self._out = bytearray(MAX_ENCODED + 1)
+        self.room = memoryview(self._out)[_ROOM + 1 : _ROOM + 1 + MAX_BODY]
 
-    def encode(self, ftype, body):
+    def encode(self, ftype, body, n=-1):
         out = self._out
-        n = len(body) + 5
-        k = n // 254 + 1  # cobs.max_encoded(n) - n
+        if body is None:  # its n bytes are in self.room
+            n += 5
+            k = _ROOM
+        else:
+            n = len(body) + 5
+            k = n // 254 + 1  # cobs.max_encoded(n) - n
         raw = memoryview(out)[k : k + n]
-        _fill(raw, ftype, body)
+        _fill(raw, ftype, body, n - 5)
         end = cobs.encode_into(raw, out)
         out[end] = 0
         return memoryview(out)[: end + 1]
@@ -113,21 +126,23 @@ class Decoder:
         self._ready = []
         self.frames = 0  # good frames decoded
         self.errors = 0  # bad frames dropped
+        self.lend = None  # a buffer for the next OTA_CHUNK body (see _close), or None
 
     @property
     def buffered(self):
         """Bytes of the partial frame held in the buffer (never above MAX_ENCODED)."""
         return self._n
 
-    def feed(self, data):
-        """Take raw bytes from the link (bytes or bytearray are scanned in place)."""
+    def feed(self, data, n=-1):
+        """Take raw bytes from the link: `data`, or its first `n` bytes (a UART read
+        buffer; bytes or bytearray are scanned in place, not copied)."""
         if not hasattr(data, "find"):
             data = bytes(data)
         view = memoryview(data)
-        size = len(data)
+        size = len(data) if n < 0 else n
         start = 0
         while start < size:
-            end = data.find(b"\x00", start)
+            end = data.find(b"\x00", start, size)
             stop = size if end < 0 else end
             if stop > start:
                 self._take(view[start:stop])
@@ -182,7 +197,16 @@ class Decoder:
             self._fail("unknown frame type 0x%02x" % ftype, "unknown-type")
             return
         self.frames += 1
-        self._ready.append((ftype, bytes(view[1 : m - 4])))
+        body = view[1 : m - 4]
+        lent = self.lend
+        if ftype == _OTA_CHUNK and lent is not None and m - 5 <= len(lent):
+            # into the buffer the transfer lent (citysense/fetch.py), not a new ~0.5 KiB
+            # block per chunk; it is lent again once the chunk has been written out
+            self.lend = None
+            lent[: m - 5] = body
+            self._ready.append((ftype, memoryview(lent)[: m - 5]))
+            return
+        self._ready.append((ftype, bytes(body)))
 
     def _fail(self, message, reason):
         self.errors += 1

@@ -117,8 +117,9 @@ class Link:
         return ms + (ms * (r % 256)) // 1024  # up to +25 %
 
     # ---- input ----
-    def receive(self, data, now):
-        self.decoder.feed(data)
+    def receive(self, data, now, n=-1):
+        """Bytes read from the UART: `data`, or the first `n` of it (read in place)."""
+        self.decoder.feed(data, n)
         while True:
             try:
                 item = self.decoder.next_frame()
@@ -225,7 +226,8 @@ class Link:
             self.sent_high = seq
         if self.deadline == _NO_TIME:
             self.deadline = now + self._jitter(self.rto)
-        return self.encoder.encode(frame.RECORD, buf.read(i))
+        enc = self.encoder  # the record read from flash into the frame's place
+        return enc.encode(frame.RECORD, None, buf.read(i, enc.room))
 
     def send_result(self, body):
         if len(self.results) < _MAX_RESULTS:

@@ -72,3 +72,7 @@ class micropython:  # noqa: N801 - stands in for the module of that name
     @staticmethod
     def viper(f):
         return f
+
+    @staticmethod
+    def native(f):
+        return f

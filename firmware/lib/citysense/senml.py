@@ -47,6 +47,8 @@ _PAYLOAD_TIME_BASE = const(4)
 
 # per reading in the buffer: series, tail fields, n/u fields, n/u bytes, tail bytes
 _HEAD = const(5)
+_BUF_ROOM = const(384)  # bytes: a record's readings at batch 1 with notes (more grows it)
+_SERIES_ROOM = const(64)  # 16 series (names): sensors, sys/ readings, notes
 
 
 class Pack:
@@ -63,10 +65,17 @@ class Pack:
     """
 
     def __init__(self, base_name=None, base_time=None, base_unit=None):
-        self._buf = bytearray()
+        # both made with room for a record's readings, emptied (clear() keeps the room):
+        # grown reading by reading they are reallocated in a heap already cut up by then
+        # (a transfer boot: a 512-byte list growth found no hole), and every growth
+        # that cannot happen in place leaves a hole behind
+        self._buf = bytearray(_BUF_ROOM)
+        self._buf[:] = b""
         self._count = 0
         self._size = 0  # bytes of the readings encoded one by one: an upper bound
-        self._series = []  # name, unit, count, n/u bytes: 4 items per series
+        # name, unit, count, n/u bytes: 4 items per series
+        self._series = [None] * _SERIES_ROOM  # type: list
+        del self._series[:]
         self._base = {}
         if base_name is not None:
             self._base[BN] = base_name
@@ -221,25 +230,27 @@ def _tlen(n):
     return n + (1 if n < 24 else 2 if n < 256 else 3)
 
 
-def record_payload(seq, boot, pack, time_base=TIME_UNIX):
+def record_payload(seq, boot, pack, time_base=TIME_UNIX, out=None):
     """The payload the node signs: CBOR {1: seq, 2: boot, 3: pack, 4: time base}.
 
-    `pack` is a Pack or a list of SenML record dicts."""
+    `pack` is a Pack or a list of SenML record dicts. As bytes; given `out` (a
+    bytearray, e.g. from `cose.room`), appended to it and `out` is returned: no
+    payload-sized block (Node.seal signs it there in place)."""
     if time_base not in (TIME_UNIX, TIME_BOOT):
         raise ValueError("senml: time base must be 0 (Unix) or 1 (since boot)")
-    out = cbor.scratch()
-    out.append(0xA4)
-    cbor.encode_into(out, _PAYLOAD_SEQ)
-    cbor.encode_into(out, seq)
-    cbor.encode_into(out, _PAYLOAD_BOOT)
-    cbor.encode_into(out, boot)
-    cbor.encode_into(out, _PAYLOAD_PACK)
+    buf = cbor.scratch() if out is None else out
+    buf.append(0xA4)
+    cbor.encode_into(buf, _PAYLOAD_SEQ)
+    cbor.encode_into(buf, seq)
+    cbor.encode_into(buf, _PAYLOAD_BOOT)
+    cbor.encode_into(buf, boot)
+    cbor.encode_into(buf, _PAYLOAD_PACK)
     if isinstance(pack, Pack):
-        pack.encode_into(out)
+        pack.encode_into(buf)
     else:
         if not pack:
             raise ValueError("senml: an empty pack")
-        cbor.encode_into(out, pack)
-    cbor.encode_into(out, _PAYLOAD_TIME_BASE)
-    cbor.encode_into(out, time_base)
-    return bytes(out)
+        cbor.encode_into(buf, pack)
+    cbor.encode_into(buf, _PAYLOAD_TIME_BASE)
+    cbor.encode_into(buf, time_base)
+    return bytes(buf) if out is None else out

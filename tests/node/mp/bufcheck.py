@@ -17,7 +17,9 @@ with open("data/" + ("%08x" % b.segs[-1]) + ".seg", "ab") as f:  # noqa: UP031
 r = Buffer(seg_size=100, max_segs=3)
 print("RECOVERED", r.open(), r.seq_at(0), r.newest_seq())
 r.append(13, b"y" * 30)
-print("AFTER", len(r), r.read(len(r) - 1) == b"y" * 30, sorted(os.listdir("data")))
+into = bytearray(40)
+n = r.read(len(r) - 1, into)  # read into a buffer (frame.Encoder.room), length returned
+print("AFTER", len(r), r.read(len(r) - 1) == b"y" * 30 == into[:n], sorted(os.listdir("data")))
 r2 = Buffer(seg_size=100, max_segs=3)
 print("REOPEN", r2.open(), [r2.seq_at(i) for i in range(len(r2))])
 # an ACK of everything deletes every segment, the active one (14's) too; appends go on
