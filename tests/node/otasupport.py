@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -153,23 +153,20 @@ class Stack:
         self.nodes[device].kill9()
         (self.d / "links" / f"{device}.tty").unlink(missing_ok=True)
 
-    def records(self, device: str) -> list[tuple[int, dict[str, list[Any]]]]:
-        """(seq, readings) of every record of `device` the broker delivered, in order."""
-        out = []
+    def _delivered(self, device: str) -> Iterator[tuple[Any, bytes]]:
+        """(decoded record payload, raw COSE_Sign1) of every record of `device` the
+        broker delivered, in order."""
         for topic, payload, _ in self.sub.snapshot():
             if topic == f"citysense/v1/{GW}/{device}/records":
-                seq = decode_record_payload(parse_sign1(payload).payload).seq
-                out.append((seq, readings(payload)))
-        return out
+                yield decode_record_payload(parse_sign1(payload).payload), payload
+
+    def records(self, device: str) -> list[tuple[int, dict[str, list[Any]]]]:
+        """(seq, readings) of every record of `device` the broker delivered, in order."""
+        return [(rec.seq, readings(raw)) for rec, raw in self._delivered(device)]
 
     def boots(self, device: str) -> list[tuple[int, dict[str, list[Any]]]]:
         """(boot count, readings) of every record of `device` the broker delivered."""
-        out = []
-        for topic, payload, _ in self.sub.snapshot():
-            if topic == f"citysense/v1/{GW}/{device}/records":
-                boot = decode_record_payload(parse_sign1(payload).payload).boot
-                out.append((boot, readings(payload)))
-        return out
+        return [(rec.boot, readings(raw)) for rec, raw in self._delivered(device)]
 
     def ota_notes(self, device: str) -> list[str]:
         return [n for _, r in self.records(device) for n in r.get("sys/ota", [])]
@@ -196,11 +193,8 @@ class Stack:
         come before the TIME (docs/protocol.md, TIME)."""
 
         def newest_has_clock() -> bool:
-            newest = None
-            for topic, payload, _ in self.sub.snapshot():
-                if topic == f"citysense/v1/{GW}/{device}/records":
-                    newest = decode_record_payload(parse_sign1(payload).payload)
-            return newest is not None and newest.time_base == TIME_BASE_UNIX
+            bases = [rec.time_base for rec, _ in self._delivered(device)]
+            return bool(bases) and bases[-1] == TIME_BASE_UNIX
 
         wait_until(newest_has_clock, timeout, f"a record of {device} sealed with its clock")
 
