@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import json
 import logging
 import os
@@ -36,6 +37,9 @@ log = logging.getLogger("citysense.agent")
 STALE_AFTER = 20.0
 """A component whose heartbeat is older than this is considered hung."""
 DRAIN_TIMEOUT = 7.0
+# A stop that takes this long (the drain is bounded by DRAIN_TIMEOUT + 2 s) writes every
+# thread's stack to stderr, the journal, before the unit's TimeoutStopSec=15 kills it
+STOP_STACKS_AFTER = 12.0
 STATUS_HEARTBEAT_S = 60.0
 """status.json is rewritten when its content changed (checked every second), and at least
 this often so that `status` can tell a live agent (gateway/cli.py, `rewritten_within_s`).
@@ -372,6 +376,7 @@ class Agent:
                     spawn("watchdog", watchdog_loop(self.notifier, health, interval))
                 await stop.wait()
                 log.info("event=stopping")
+                faulthandler.dump_traceback_later(STOP_STACKS_AFTER, exit=False)
                 self.notifier.stopping("stopping: draining")
                 ingest_task.cancel()  # stop reading: nothing new to ACK
                 with contextlib.suppress(TimeoutError):
@@ -385,6 +390,7 @@ class Agent:
                 await server.close()
             await loop.run_in_executor(self.executor, self.queue.close)
             self.executor.shutdown(wait=True)
+            faulthandler.cancel_dump_traceback_later()
             log.info("event=stopped exit_code=%d", self.exit_code)
         return self.exit_code
 

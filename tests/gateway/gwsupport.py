@@ -198,7 +198,7 @@ class Pty:
 def start_gateway(
     config: Path, log: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -210,10 +210,17 @@ def start_gateway(
             "debug",
         ],
         cwd=REPO,
-        env=dict(os.environ, **(env or {})),
+        # faulthandler: `stop` sends SIGABRT to an agent that does not stop in time, and
+        # every thread's stack lands in the log
+        env=dict(os.environ, PYTHONFAULTHANDLER="1", **(env or {})),
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
     )
+    _logs[proc.pid] = log
+    return proc
+
+
+_logs: dict[int, Path] = {}  # start_gateway's log of each agent, for `stop`'s report
 
 
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15) -> int:
@@ -222,9 +229,15 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: floa
         try:
             return proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-            raise
+            proc.send_signal(signal.SIGABRT)  # faulthandler writes every thread's stack
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+            log = _logs.get(proc.pid)
+            tail = log.read_text(errors="replace")[-6000:] if log is not None else ""
+            raise AssertionError(f"agent not stopped within {timeout:.0f} s:\n{tail}") from None
     return proc.returncode
 
 
