@@ -9,6 +9,7 @@ import random
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -63,13 +64,18 @@ def test_update_command_to_confirmed_with_records_flowing(stack: Stack) -> None:
 SENSED = ("temp", "pressure", "humidity", "battery")
 
 
+def _sensed(readings: dict[str, list[Any]]) -> bool:
+    """A record with real readings from every sensor, not only sys/ ones."""
+    return all(readings.get(k) for k in SENSED)
+
+
 def _sampled_during_transfer(stack: Stack, device: str) -> None:
     """The boot that fetched the bundle (the one before the trial's: the staging boot
     makes no record) sampled normally: records with real readings, not only sys/ ones."""
     boots = stack.boots(device)
     trial = next(b for b, r in boots if "trial 0.2.0" in r.get("sys/ota", []))
     during = [r for b, r in boots if b == trial - 1]
-    sensed = [r for r in during if all(r.get(k) for k in SENSED)]
+    sensed = [r for r in during if _sensed(r)]
     assert len(sensed) >= 2, f"records of the transfer boot: {during}"
     for r in sensed:
         assert all(isinstance(v, float | int) for k in SENSED for v in r[k]), r
@@ -134,13 +140,19 @@ def test_refusals_keep_the_old_app(stack: Stack) -> None:
         stack.retire(device)
 
 
+def _trace(stack: Stack, device: str, ev: str) -> list[dict[str, Any]]:
+    """The node's `ev` events from its emulator's trace (JSON lines in its log)."""
+    prefix = f'{{"ev": "{ev}"'
+    return [
+        json.loads(line)
+        for line in (stack.d / f"{device}.log").read_text().splitlines()
+        if line.startswith(prefix)
+    ]
+
+
 def _no_record_lost(stack: Stack, device: str) -> None:
     """Every record the node sealed (its emulator's trace) reached the broker."""
-    made = {
-        json.loads(line)["seq"]
-        for line in (stack.d / f"{device}.log").read_text().splitlines()
-        if line.startswith('{"ev": "record"')
-    }
+    made = {e["seq"] for e in _trace(stack, device, "record")}
     wait_until(lambda: made <= {s for s, _ in stack.records(device)}, 60, f"{device}'s records")
 
 
@@ -313,17 +325,14 @@ def test_a_stalled_transfer_is_given_up_and_the_node_keeps_sampling(stack: Stack
     stalled = max(first) + 1  # the boot whose transfer stalled
     for which in (lambda b: b == stalled, lambda b: b > stalled):
         wait_until(
-            lambda w=which: (
-                sum(w(b) and all(r.get(k) for k in SENSED) for b, r in stack.boots("ota-s1")) >= 2
-            ),
+            lambda w=which: sum(w(b) and _sensed(r) for b, r in stack.boots("ota-s1")) >= 2,
             30,
             "records with real readings",
         )
     _no_record_lost(stack, "ota-s1")
     # and none skipped: a transfer boot's heap holds every record the node seals (a
     # MemoryError while sealing would be a seq gap, an "ev": "dropped" line, sys/dropped)
-    log = (stack.d / "ota-s1.log").read_text().splitlines()
-    assert [line for line in log if line.startswith('{"ev": "dropped"')] == []
+    assert _trace(stack, "ota-s1", "dropped") == []
     dropped = [v for _, r in stack.records("ota-s1") for v in r.get("sys/dropped", [])]
     assert dropped and set(dropped) == {0}
     stack.retire("ota-s1")
