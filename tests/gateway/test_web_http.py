@@ -24,17 +24,23 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     return head, await reader.readexactly(length)
 
 
+async def serve(bad: Bad) -> tuple[HttpServer, int]:
+    """A started server on a free port; its bad requests, and anything asyncio would log
+    as an error (an exception in a callback), go to `bad`."""
+    asyncio.get_running_loop().set_exception_handler(
+        lambda loop, context: bad.append(("asyncio", 0, str(context.get("message"))))
+    )
+    port = free_port()
+    server = HttpServer(app, "127.0.0.1", port, on_bad_request=lambda *a: bad.append(a))
+    await server.start()
+    return server, port
+
+
 def run(test: object) -> Bad:
     bad: Bad = []
 
     async def main() -> None:
-        # anything asyncio would log as an error (an exception in a callback) fails the test
-        asyncio.get_running_loop().set_exception_handler(
-            lambda loop, context: bad.append(("asyncio", 0, str(context.get("message"))))
-        )
-        port = free_port()
-        server = HttpServer(app, "127.0.0.1", port, on_bad_request=lambda *a: bad.append(a))
-        await server.start()
+        server, port = await serve(bad)
         try:
             await test(port)  # type: ignore[operator]
         finally:
@@ -116,12 +122,7 @@ def test_close_ends_idle_keep_alive_connections_at_once() -> None:
 
     async def main() -> Bad:
         bad: Bad = []
-        asyncio.get_running_loop().set_exception_handler(
-            lambda loop, context: bad.append(("asyncio", 0, str(context.get("message"))))
-        )
-        port = free_port()
-        server = HttpServer(app, "127.0.0.1", port, on_bad_request=lambda *a: bad.append(a))
-        await server.start()
+        server, port = await serve(bad)
         clients = []
         for i in range(3):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
