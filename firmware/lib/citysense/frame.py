@@ -200,7 +200,7 @@ class Decoder:
         body = view[1 : m - 4]
         lent = self.lend
         if ftype == _OTA_CHUNK and lent is not None and m - 5 <= len(lent):
-            # into the buffer the transfer lent (citysense/fetch.py), not a new ~0.5 KiB
+            # into the buffer the transfer lent (citysense/fetch.py), not a new ~1 KiB
             # block per chunk; it is lent again once the chunk has been written out
             self.lend = None
             lent[: m - 5] = body
