@@ -2,14 +2,28 @@
 
 Not thread-safe: call it from one thread at a time. In the agent that is the store's
 single worker thread (gateway/store.py), which also keeps the loop-side copies of the
-counters from what `store()` and `delete()` return. A record's row is written before its
-ACK goes out and deleted only after the broker's PUBACK. UNIQUE(device_id, seq) makes a
-duplicate insert impossible even if replay bookkeeping were wrong.
+counters from what `store()` and `delete()` return. A record is written before its ACK
+goes out and deleted only after the broker's PUBACK.
+
+One group commit is one row of `batches` (issue 17, what the SD card is written for):
+the commit's records CBOR-encoded in one BLOB, with a per-device summary (count, lowest
+and highest seq) beside it. A record's id is `batch id << BATCH_SHIFT | its index`, so
+ids grow in storage order as the uplink's cursor needs. A batch row is deleted once every
+record of it was PUBACKed; which records of a partly delivered batch were, the queue
+keeps in memory, so after a restart a partly delivered batch is published whole again
+(consumers dedupe by (device_id, seq), DESIGN.md). Rows of the per-record table of older
+versions (`records`) are still read, published and deleted as before, ahead of every
+batch, and never written.
 
 Replay state (table `replay`) is the highest seq stored per (device, key id): a device
 re-keyed by `citysense-provision enroll --new-key` starts afresh under its new key. Rows
 from the per-device table of older versions (`devices`) are kept as key id "*" and
-belong to whichever key the device stores under first after the upgrade.
+belong to whichever key the device stores under first after the upgrade. It is written in
+the same transaction as the batch and is what makes a duplicate impossible: `store()`
+refuses (sqlite3.IntegrityError, nothing stored) a record whose seq is not above its
+(device, key)'s stored high, or one that appears twice in a batch. (Before batches, a
+UNIQUE (device_id, seq) index did; its leaves were a quarter of the pages every commit
+wrote.)
 """
 
 from __future__ import annotations
@@ -21,6 +35,8 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import cbor2
 
 log = logging.getLogger("citysense.queue")
 
@@ -36,37 +52,51 @@ RESERVE_BYTES = 256 * 1024
 """Disk space held back for deletes, as a file next to the database (`queue.reserve`).
 A delete writes too (WAL frames), so on a disk filled by inserts the deletion of
 delivered records would fail and the queue could never shrink. When SQLite reports
-SQLITE_FULL on a delete, the reserve is released, the WAL checkpointed and the delete
-retried in small chunks; once a delete has gone through, the WAL is truncated and the
-reserve taken back (tried at most every RESERVE_RETRY_S). 256 KiB is several times what a
-delete of 128 rows writes (~30 WAL frames of 4 KiB)."""
+SQLITE_FULL on a delete, the reserve is released and the delete retried in small chunks
+(appended to the WAL: a checkpoint first would spend the space on the file, see
+wal_pages()); once a delete has gone through, the WAL is checkpointed and truncated and
+the reserve taken back (tried at most every RESERVE_RETRY_S). 256 KiB is many times what
+a delete writes (a few pages per batch row)."""
 RESERVE_RETRY_S = 5.0
-PAGE_SIZE = 1024
-"""SQLite page size of the queue file. Every commit writes each page it dirtied (the
-records' leaf, the (device_id, seq) index leaf, the replay row, sqlite_sequence) to the
-WAL and, at a checkpoint, to the file, so a smaller page writes less per commit: 4.2 KB
-per record against 7.7 KB with 4 KiB pages at 4 records per commit (bench/bench_disk.py).
-A file made with another page size (every queue before this) is rebuilt with this one
-when it is opened and holds at most MIGRATE_MAX_BYTES (VACUUM: the same rows, ids and
-replay state); a bigger one keeps its page size until a later start finds it smaller."""
+PAGE_SIZE = 512
+"""SQLite page size of the queue file. Every commit writes each page it dirtied to the
+WAL (and, at a checkpoint, to the file): a batch's BLOB fills its pages, and the pages
+that only change (the batches' leaf, the replay leaf, page 1, the freelist) cost a whole
+page each, so a smaller page writes less per commit: 932 B per record with 512-byte
+pages, 1,013 with 1 KiB, 1,332 with 2 KiB, at 20 records of ~460 bytes per commit
+(bench/bench_disk.py). A file made with another page size (every queue before this) is
+rebuilt with this one when it is opened and holds at most MIGRATE_MAX_BYTES (VACUUM: the
+same rows, ids and replay state); a bigger one keeps its page size until a later start
+finds it smaller."""
 MIGRATE_MAX_BYTES = 64 * 1024 * 1024
 SECURE_DELETE = "FAST"
 """`PRAGMA secure_delete` of the connection. Debian's SQLite is built with it ON: a delete
 overwrites the deleted rows with zeros, i.e. writes every page they were on once more
 (and every freed page) through the WAL. FAST zeroes them only in pages the delete writes
-anyway: 1.36 KB written per record against 1.93 KB at 20 per commit (bench/bench_disk.py).
-A delivered record's bytes may stay in a free page until it is reused; they were published
-to the broker already, and the queue holds them in plain text while queued anyway."""
-WAL_CHECKPOINT_PAGES = 4096
+anyway: 1.36 KB written per record against 1.93 KB at 20 per commit (bench/bench_disk.py,
+per-record rows). A delivered record's bytes may stay in a free page until it is reused;
+they were published to the broker already, and the queue holds them in plain text while
+queued anyway."""
+WAL_CHECKPOINT_PAGES = 8192
 """`PRAGMA wal_autocheckpoint` of the connection (SQLite's default is 1000 pages). A
 checkpoint copies the newest version of every page in the WAL into the file. The queue's
-pages are few and hot (the records' leaves are freed and reused, the index and replay
-leaves rewritten at every commit), so a longer WAL copies each of them once for many more
-commits: at 20 devices per commit (bench/bench_disk.py --devices 20) 1,534 B written per
-record with 1000 pages, 1,422 with 4096, 1,396 with 16000. The WAL file then grows to
-about 4 MiB of 1 KiB pages (on disk next to the queue, not counted in `max_bytes`); it is
-truncated at close. Every commit is still fsync'd in the WAL before it returns, and a
-kill -9 or power cut replays the WAL at the next open as before."""
+pages are few and hot (a delivered batch's pages are freed and reused a second later,
+the leaves rewritten at every commit), so a longer WAL copies each of them once for many
+more commits. The WAL file then grows to about 4 MiB of 512-byte pages (on disk next to
+the queue, not counted in `max_bytes`); it is truncated at close. Every commit is still
+fsync'd in the WAL before it returns, and a kill -9 or power cut replays the WAL at the
+next open as before."""
+BATCH_SHIFT = 12
+"""A record's id is `batch id << BATCH_SHIFT | index`: at most 4096 records per batch row
+(a longer `store()` writes several rows in its one transaction)."""
+_BATCH_MAX = 1 << BATCH_SHIFT
+CONTAINS_SCAN_BATCHES = 512
+"""`contains()` reads the summaries of at most this many batches, newest first (a device's
+seqs grow with the batch id, so it stops at the first batch below the seq). The answer
+only chooses between two NACK-free outcomes the node handles alike: a record it resent
+that is still queued gets ACK (dup), one that is not gets NACK replay; both make it delete
+the record, which the gateway holds or held. A resend older than the scan is logged as a
+replay."""
 _DELETE_CHUNK = 32
 
 _SCHEMA = """
@@ -78,6 +108,18 @@ CREATE TABLE IF NOT EXISTS records (
     meta TEXT,
     data BLOB NOT NULL,
     UNIQUE (device_id, seq)
+);
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY,
+    n INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    oldest_ms INTEGER NOT NULL,
+    summary BLOB NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS delivered (
+    batch_id INTEGER PRIMARY KEY,
+    done BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS devices (
     device_id TEXT PRIMARY KEY,
@@ -147,6 +189,57 @@ class QueuedRecord:
     meta: str | None
 
 
+Summary = dict[str, list[int]]
+"""A batch's devices: device id -> [records, lowest seq, highest seq]."""
+
+
+def encode_batch(records: list[NewRecord]) -> tuple[bytes, bytes, int]:
+    """(data, summary, oldest_ms) of a batch row: the records as a CBOR array of
+    [device, seq, received_ms, meta, data], and the per-device summary."""
+    summary: Summary = {}
+    for r in records:
+        s = summary.get(r.device_id)
+        if s is None:
+            summary[r.device_id] = [1, r.seq, r.seq]
+        else:
+            s[0] += 1
+            s[1] = min(s[1], r.seq)
+            s[2] = max(s[2], r.seq)
+    data = cbor2.dumps([[r.device_id, r.seq, r.received_ms, r.meta, r.data] for r in records])
+    return data, cbor2.dumps(summary), min(r.received_ms for r in records)
+
+
+def decode_batch(batch_id: int, data: bytes) -> list[QueuedRecord]:
+    """The records of a batch row; a malformed BLOB raises QueueCorruptError."""
+    try:
+        items = cbor2.loads(data)
+        base = batch_id << BATCH_SHIFT
+        return [
+            QueuedRecord(base + i, str(d), int(s), int(ms), bytes(b), m)
+            for i, (d, s, ms, m, b) in enumerate(items)
+        ]
+    except (ValueError, TypeError, cbor2.CBORDecodeError) as exc:
+        raise QueueCorruptError(f"batch {batch_id}: {exc}") from exc
+
+
+def decode_summary(blob: bytes) -> Summary:
+    try:
+        out = cbor2.loads(blob)
+    except (ValueError, cbor2.CBORDecodeError) as exc:
+        raise QueueCorruptError(f"batch summary: {exc}") from exc
+    if not isinstance(out, dict):
+        raise QueueCorruptError("batch summary: not a map")
+    return out
+
+
+@dataclass(slots=True)
+class _Open:
+    """A batch the uplink has read: its records' counted sizes and which were delivered."""
+
+    sizes: list[int]
+    delivered: set[int]
+
+
 class Queue:
     def __init__(self, conn: sqlite3.Connection, path: Path, max_bytes: int) -> None:
         self.conn = conn
@@ -159,11 +252,26 @@ class Queue:
         self._high: Highs = {
             (d, k): s for d, k, s in conn.execute("SELECT device_id, key_id, high_seq FROM replay")
         }
-        depth, size = conn.execute(
-            "SELECT count(*), coalesce(sum(length(data)), 0) FROM records"
+        depth, size, top = conn.execute(
+            "SELECT count(*), coalesce(sum(length(data)), 0), coalesce(max(id), 0) FROM records"
         ).fetchone()
-        self.depth = int(depth)
-        self.bytes = int(size) + ROW_OVERHEAD * self.depth
+        self.legacy = int(depth)  # rows left in the table of older versions
+        self._legacy_top = int(top)  # its highest id: every batch's record ids are above
+        n, counted, last = conn.execute(
+            "SELECT coalesce(sum(n), 0), coalesce(sum(bytes), 0), coalesce(max(id), 0) FROM batches"
+        ).fetchone()
+        self.depth = int(depth) + int(n)
+        self.bytes = int(size) + ROW_OVERHEAD * int(depth) + int(counted)
+        # never below an id handed out before in this process (a reused id would be
+        # skipped by the uplink's cursor), and above every id of the legacy table
+        self._next_batch = max(int(last), (int(top) >> BATCH_SHIFT)) + 1
+        self._open: dict[int, _Open] = {}
+        self._cached: tuple[int, list[QueuedRecord]] | None = None
+        for batch_id, data, done in _delivered_rows(conn):
+            sizes = [len(r.data) + ROW_OVERHEAD for r in decode_batch(batch_id, data)]
+            self._open[batch_id] = _Open(sizes, done)
+            self.depth -= len(done)
+            self.bytes -= sum(sizes[i] for i in done if i < len(sizes))
 
     # -- open / close -------------------------------------------------------------
     @classmethod
@@ -223,10 +331,8 @@ class Queue:
 
     def reset_replay(self, device_id: str) -> dict[str, int | None]:
         """Forget the device's replay state, down to its highest still-queued seq (a lower
-        H would let a resent queued record fail the UNIQUE key). Returns old -> new."""
-        (queued,) = self.conn.execute(
-            "SELECT max(seq) FROM records WHERE device_id = ?", (device_id,)
-        ).fetchone()
+        H would let a resent queued record be stored twice). Returns old -> new."""
+        queued = self._queued_max(device_id)
         old = {k: s for (d, k), s in self._high.items() if d == device_id}
         with self.conn:
             self.conn.execute("DELETE FROM replay WHERE device_id = ?", (device_id,))
@@ -241,30 +347,86 @@ class Queue:
                     self._high[(device_id, key)] = int(queued)
         return {k: v for k, v in old.items()} | {"queued_max": queued}
 
-    def contains(self, device_id: str, seq: int) -> bool:
-        row = self.conn.execute(
-            "SELECT 1 FROM records WHERE device_id = ? AND seq = ?", (device_id, seq)
+    def _queued_max(self, device_id: str) -> int | None:
+        (top,) = self.conn.execute(
+            "SELECT max(seq) FROM records WHERE device_id = ?", (device_id,)
         ).fetchone()
-        return row is not None
+        seqs = [] if top is None else [int(top)]
+        for batch_id, blob in self.conn.execute("SELECT id, summary FROM batches"):
+            s = decode_summary(blob).get(device_id)
+            if s is None:
+                continue
+            o = self._open.get(batch_id)
+            if o is None or not o.delivered:
+                seqs.append(s[2])
+            else:  # partly delivered: what is left of it
+                seqs += [
+                    r.seq
+                    for r in self._batch(batch_id)
+                    if r.device_id == device_id and not self._delivered(r.id)
+                ]
+        return max(seqs, default=None)
+
+    def contains(self, device_id: str, seq: int) -> bool:
+        """Whether the device's record `seq` is still queued (see CONTAINS_SCAN_BATCHES)."""
+        if self.legacy:
+            row = self.conn.execute(
+                "SELECT 1 FROM records WHERE device_id = ? AND seq = ?", (device_id, seq)
+            ).fetchone()
+            if row is not None:
+                return True
+        rows = self.conn.execute(
+            "SELECT id, summary FROM batches ORDER BY id DESC LIMIT ?", (CONTAINS_SCAN_BATCHES,)
+        )
+        for batch_id, blob in rows:
+            s = decode_summary(blob).get(device_id)
+            if s is None or s[2] < seq:
+                if s is not None:
+                    return False  # older batches hold only lower seqs of this device
+                continue
+            if s[1] <= seq:
+                return any(
+                    r.device_id == device_id and r.seq == seq and not self._delivered(r.id)
+                    for r in self._batch(batch_id)
+                )
+        return False
 
     def room_for(self, nbytes: int) -> bool:
         return self.bytes + nbytes + ROW_OVERHEAD <= self.max_bytes
 
     def store(self, records: list[NewRecord]) -> tuple[int, int]:
-        """Insert all records in one transaction and commit (fsync) it; returns (rows,
-        counted bytes) added.
+        """Write all records in one transaction (one batch row per BATCH_SHIFT records)
+        and commit (fsync) it; returns (rows, counted bytes) added.
 
-        Raises QueueFullError (disk full, nothing stored) or QueueCorruptError.
+        Raises sqlite3.IntegrityError (a record not above its stored high, or twice in the
+        batch: nothing stored), QueueFullError (disk full, nothing stored) or
+        QueueCorruptError.
         """
         if not records:
             return 0, 0
+        seen: set[tuple[str, int]] = set()
+        for r in records:
+            top = high_of(self._high, r.device_id, r.key_id)
+            if (top is not None and r.seq <= top) or (r.device_id, r.seq) in seen:
+                raise sqlite3.IntegrityError(
+                    f"record {r.device_id!r} seq {r.seq} is already stored (replay state"
+                    f" {top}): batch not stored"
+                )
+            seen.add((r.device_id, r.seq))
         high, legacy = raised(self._high, records)
+        first = self._next_batch
+        rows: list[tuple[int, int, int, int, bytes, bytes]] = []
+        for i in range(0, len(records), _BATCH_MAX):
+            part = records[i : i + _BATCH_MAX]
+            data, summary, oldest = encode_batch(part)
+            counted = sum(len(r.data) + ROW_OVERHEAD for r in part)
+            rows.append((first + len(rows), len(part), counted, oldest, summary, data))
         try:
             with self.conn:
                 self.conn.executemany(
-                    "INSERT INTO records (device_id, seq, received_ms, meta, data) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    [(r.device_id, r.seq, r.received_ms, r.meta, r.data) for r in records],
+                    "INSERT INTO batches (id, n, bytes, oldest_ms, summary, data) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
                 )
                 self.conn.executemany(
                     "INSERT INTO replay (device_id, key_id, high_seq) VALUES (?, ?, ?) "
@@ -276,30 +438,68 @@ class Queue:
                     [(d, LEGACY_KEY) for d in legacy],
                 )
         except sqlite3.OperationalError as exc:
-            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc):
+            if _is_full(exc):
                 raise QueueFullError(f"disk full: {exc}") from exc
             raise
         except sqlite3.IntegrityError:
-            raise  # a duplicate (device_id, seq): the batch rolled back
+            raise
         except sqlite3.DatabaseError as exc:
             raise QueueCorruptError(str(exc)) from exc
+        self._next_batch = first + len(rows)
         self._high = high
-        added = sum(len(r.data) + ROW_OVERHEAD for r in records)
+        added = sum(r[2] for r in rows)
         self.depth += len(records)
         self.bytes += added
         return len(records), added
 
     # -- uplink side --------------------------------------------------------------
     def peek(self, after_id: int, limit: int) -> list[QueuedRecord]:
-        rows = self.conn.execute(
-            "SELECT id, device_id, seq, received_ms, data, meta FROM records "
-            "WHERE id > ? ORDER BY id LIMIT ?",
-            (after_id, limit),
-        ).fetchall()
-        return [QueuedRecord(r[0], r[1], r[2], r[3], bytes(r[4]), r[5]) for r in rows]
+        """Up to `limit` queued records with an id above `after_id`, in id order."""
+        out: list[QueuedRecord] = []
+        if self.legacy:
+            rows = self.conn.execute(
+                "SELECT id, device_id, seq, received_ms, data, meta FROM records "
+                "WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
+            out = [QueuedRecord(r[0], r[1], r[2], r[3], bytes(r[4]), r[5]) for r in rows]
+        start = after_id >> BATCH_SHIFT
+        while len(out) < limit:
+            ids = [
+                i
+                for (i,) in self.conn.execute(
+                    "SELECT id FROM batches WHERE id >= ? ORDER BY id LIMIT 16", (start,)
+                )
+            ]
+            if not ids:
+                break
+            for batch_id in ids:
+                for r in self._batch(batch_id):
+                    if r.id > after_id and not self._delivered(r.id):
+                        out.append(r)
+                if len(out) >= limit:
+                    break
+            start = ids[-1] + 1
+        return out[:limit]
+
+    def _batch(self, batch_id: int) -> list[QueuedRecord]:
+        """A batch's records (the last one read is kept: the uplink reads on from the
+        middle of it), and its entry in `_open` for delete()."""
+        if self._cached is not None and self._cached[0] == batch_id:
+            return self._cached[1]
+        row = self.conn.execute("SELECT data FROM batches WHERE id = ?", (batch_id,)).fetchone()
+        records = [] if row is None else decode_batch(batch_id, row[0])
+        self._cached = (batch_id, records)
+        if records and batch_id not in self._open:
+            self._open[batch_id] = _Open([len(r.data) + ROW_OVERHEAD for r in records], set())
+        return records
+
+    def _delivered(self, record_id: int) -> bool:
+        o = self._open.get(record_id >> BATCH_SHIFT)
+        return o is not None and (record_id & (_BATCH_MAX - 1)) in o.delivered
 
     def delete(self, ids: list[int]) -> tuple[int, int]:
-        """Delete delivered rows (ids not present are ignored, so a retry is harmless);
+        """Delete delivered records (ids not present are ignored, so a retry is harmless);
         returns (rows, counted bytes) removed. On a full disk: release the reserve and
         retry (see RESERVE_BYTES); raises QueueFullError only when even that fails."""
         if not ids:
@@ -315,17 +515,54 @@ class Queue:
         return removed
 
     def _delete(self, ids: list[int]) -> tuple[int, int]:
+        legacy = [i for i in ids if i <= self._legacy_top]
+        marks: dict[int, set[int]] = {}
+        for i in ids:
+            if i > self._legacy_top:
+                marks.setdefault(i >> BATCH_SHIFT, set()).add(i & (_BATCH_MAX - 1))
+        plan: list[tuple[int, _Open, set[int]]] = []
+        for batch_id, idx in marks.items():
+            o = self._open.get(batch_id)
+            if o is None:
+                self._batch(batch_id)  # read it once (a delete without a peek: tests)
+                o = self._open.get(batch_id)
+                if o is None:
+                    continue  # deleted already
+            new = {i for i in idx if i < len(o.sizes)} - o.delivered
+            plan.append((batch_id, o, new))
+        done = [b for b, o, new in plan if len(o.delivered) + len(new) == len(o.sizes)]
         with self.conn:
-            sizes = self.conn.execute(
-                f"SELECT coalesce(sum(length(data)), 0), count(*) FROM records "
-                f"WHERE id IN ({','.join('?' * len(ids))})",
-                ids,
-            ).fetchone()
-            self.conn.executemany("DELETE FROM records WHERE id = ?", [(i,) for i in ids])
-        removed = int(sizes[0]) + ROW_OVERHEAD * int(sizes[1])
-        self.depth -= int(sizes[1])
-        self.bytes -= removed
-        return int(sizes[1]), removed
+            rows = nbytes = 0
+            if legacy:
+                n, size = self.conn.execute(
+                    f"SELECT count(*), coalesce(sum(length(data)), 0) FROM records "
+                    f"WHERE id IN ({','.join('?' * len(legacy))})",
+                    legacy,
+                ).fetchone()
+                self.conn.executemany("DELETE FROM records WHERE id = ?", [(i,) for i in legacy])
+                rows, nbytes = int(n), int(size) + ROW_OVERHEAD * int(n)
+            self.conn.executemany("DELETE FROM batches WHERE id = ?", [(b,) for b in done])
+            self.conn.executemany("DELETE FROM delivered WHERE batch_id = ?", [(b,) for b in done])
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO delivered (batch_id, done) VALUES (?, ?)",
+                [
+                    (b, cbor2.dumps(sorted(o.delivered | new)))
+                    for b, o, new in plan
+                    if new and b not in done
+                ],
+            )
+        self.legacy -= rows
+        for _, o, new in plan:
+            rows += len(new)
+            nbytes += sum(o.sizes[i] for i in new)
+            o.delivered |= new
+        for batch_id in done:
+            del self._open[batch_id]
+            if self._cached is not None and self._cached[0] == batch_id:
+                self._cached = None
+        self.depth -= rows
+        self.bytes -= nbytes
+        return rows, nbytes
 
     def _delete_on_full_disk(
         self, ids: list[int], exc: sqlite3.OperationalError
@@ -339,8 +576,8 @@ class Queue:
             released,
             exc,
         )
-        with contextlib.suppress(sqlite3.Error):
-            self.conn.execute("PRAGMA wal_checkpoint(RESTART)")
+        # no checkpoint first: on a full disk it grows the file until the disk is full
+        # again (it writes every page the WAL holds) and the delete then fails too
         rows = nbytes = 0
         for start in range(0, len(ids), _DELETE_CHUNK):
             try:
@@ -363,8 +600,16 @@ class Queue:
             log.info("event=queue-reserve-restored path=%s", self.reserve.path)
 
     def oldest_ms(self) -> int | None:
-        row = self.conn.execute("SELECT min(received_ms) FROM records").fetchone()
-        return None if row is None or row[0] is None else int(row[0])
+        """Receive time of the oldest queued record (of a partly delivered batch: its
+        oldest record, delivered or not)."""
+        legacy = (
+            self.conn.execute("SELECT min(received_ms) FROM records").fetchone()[0]
+            if self.legacy
+            else None
+        )
+        row = self.conn.execute("SELECT oldest_ms FROM batches ORDER BY id LIMIT 1").fetchone()
+        found = [int(v) for v in (legacy, row[0] if row else None) if v is not None]
+        return min(found) if found else None
 
     def stats(self) -> dict[str, object]:
         oldest = self.oldest_ms()
@@ -377,7 +622,21 @@ class Queue:
         }
 
     def all_keys(self) -> list[tuple[str, int]]:
-        return [(d, s) for d, s in self.conn.execute("SELECT device_id, seq FROM records")]
+        """(device, seq) of every queued record, in id order."""
+        return [(r.device_id, r.seq) for r in self.peek(0, 2**62)]
+
+
+def wal_pages(path: Path, page_size: int) -> int:
+    """The WAL's checkpoint size: WAL_CHECKPOINT_PAGES, but never more than an eighth of
+    the file system's free space at open, and so at most what the delete reserve
+    (RESERVE_BYTES) gives back on a small disk. A checkpoint writes every page of the WAL
+    into the file; on a disk that filled up while the WAL was longer than the space the
+    reserve frees, it could never complete and the WAL never be reused."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return WAL_CHECKPOINT_PAGES
+    return max(64, min(WAL_CHECKPOINT_PAGES, st.f_bavail * st.f_frsize // 8 // page_size))
 
 
 def _connect(path: Path, max_page_count: int | None, page_size: int) -> sqlite3.Connection:
@@ -387,7 +646,7 @@ def _connect(path: Path, max_page_count: int | None, page_size: int) -> sqlite3.
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute(f"PRAGMA secure_delete={SECURE_DELETE}")
-        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+        conn.execute(f"PRAGMA wal_autocheckpoint={wal_pages(path, page_size)}")
         if max_page_count is not None:
             conn.execute(f"PRAGMA max_page_count={int(max_page_count)}")
         result = conn.execute("PRAGMA quick_check").fetchone()
@@ -511,15 +770,41 @@ def move_aside(path: Path) -> Path:
 
 
 def read_only_stats(path: Path) -> dict[str, object]:
-    """Queue figures for `status`/`queue stats` without disturbing the running agent."""
+    """Queue figures for `status`/`queue stats` without disturbing the running agent.
+    A batch the agent has partly delivered counts whole (the file does not say which of
+    its records were PUBACKed; a restart would publish them again)."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
     try:
         depth, size, oldest = conn.execute(
             "SELECT count(*), coalesce(sum(length(data)), 0), min(received_ms) FROM records"
         ).fetchone()
-        per_device = conn.execute(
-            "SELECT device_id, count(*), min(seq), max(seq) FROM records GROUP BY device_id"
-        ).fetchall()
+        per: dict[str, list[int]] = {
+            d: [n, lo, hi]
+            for d, n, lo, hi in conn.execute(
+                "SELECT device_id, count(*), min(seq), max(seq) FROM records GROUP BY device_id"
+            )
+        }
+        depth, size = int(depth), int(size) + ROW_OVERHEAD * int(depth)
+        partial = {batch_id: (data, done) for batch_id, data, done in _delivered_rows(conn)}
+        for batch_id, n, counted, first, blob in _batch_rows(conn):
+            oldest = first if oldest is None else min(oldest, first)
+            if batch_id in partial:
+                data, done = partial[batch_id]
+                left = [
+                    r for r in decode_batch(batch_id, data) if r.id & (_BATCH_MAX - 1) not in done
+                ]
+                depth += len(left)
+                size += sum(len(r.data) + ROW_OVERHEAD for r in left)
+                summary: Summary = {}
+                for r in left:
+                    acc = summary.setdefault(r.device_id, [0, r.seq, r.seq])
+                    acc[0], acc[1], acc[2] = acc[0] + 1, min(acc[1], r.seq), max(acc[2], r.seq)
+            else:
+                depth, size = depth + n, size + counted
+                summary = decode_summary(blob)
+            for d, (count, lo, hi) in summary.items():
+                p = per.setdefault(d, [0, lo, hi])
+                p[0], p[1], p[2] = p[0] + count, min(p[1], lo), max(p[2], hi)
         highs: dict[str, int] = {}
         keys: dict[str, dict[str, int]] = {}
         for d, k, s in _replay_rows(conn):
@@ -528,8 +813,8 @@ def read_only_stats(path: Path) -> dict[str, object]:
     finally:
         conn.close()
     return {
-        "depth": int(depth),
-        "bytes": int(size) + ROW_OVERHEAD * int(depth),
+        "depth": depth,
+        "bytes": size,
         "oldest_age_s": None if oldest is None else round(time.time() - oldest / 1000, 3),
         "devices": {
             d: {
@@ -539,14 +824,70 @@ def read_only_stats(path: Path) -> dict[str, object]:
                 "high_seq": highs.get(d),
                 "keys": keys.get(d, {}),
             }
-            for d, n, lo, hi in per_device
+            for d, (n, lo, hi) in sorted(per.items())
         }
         | {
             d: {"queued": 0, "high_seq": h, "keys": keys.get(d, {})}
             for d, h in highs.items()
-            if d not in {p[0] for p in per_device}
+            if d not in per
         },
     }
+
+
+def _batch_rows(conn: sqlite3.Connection) -> list[tuple[int, int, int, int, bytes]]:
+    """(id, n, counted bytes, oldest_ms, summary) of every batch; none in a file that only
+    an older version has written."""
+    try:
+        return list(
+            conn.execute("SELECT id, n, bytes, oldest_ms, summary FROM batches ORDER BY id")
+        )
+    except sqlite3.OperationalError:
+        return []
+
+
+def _delivered_rows(conn: sqlite3.Connection) -> list[tuple[int, bytes, set[int]]]:
+    """(batch id, data, delivered indices) of every partly delivered batch."""
+    try:
+        rows = list(
+            conn.execute(
+                "SELECT b.id, b.data, d.done FROM delivered d JOIN batches b ON b.id = d.batch_id"
+            )
+        )
+    except sqlite3.OperationalError:
+        return []
+    return [(int(i), data, _done_set(done)) for i, data, done in rows]
+
+
+def _done_set(blob: bytes) -> set[int]:
+    try:
+        return {int(i) for i in cbor2.loads(blob)}
+    except (ValueError, TypeError, cbor2.CBORDecodeError) as exc:
+        raise QueueCorruptError(f"delivered marks: {exc}") from exc
+
+
+def stored_keys(path: Path) -> list[tuple[str, int]]:
+    """(device, seq) of every queued record in a queue file, in id order (for tests and
+    recovery)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        out = [
+            (d, int(s)) for d, s in conn.execute("SELECT device_id, seq FROM records ORDER BY id")
+        ]
+        try:
+            batches = list(conn.execute("SELECT id, data FROM batches ORDER BY id"))
+        except sqlite3.OperationalError:
+            batches = []
+        done = {i: d for i, _, d in _delivered_rows(conn)}
+    finally:
+        conn.close()
+    for batch_id, data in batches:
+        gone = done.get(batch_id, set())
+        out += [
+            (r.device_id, r.seq)
+            for r in decode_batch(batch_id, data)
+            if r.id & (_BATCH_MAX - 1) not in gone
+        ]
+    return out
 
 
 def _replay_rows(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:

@@ -26,6 +26,8 @@ from gwsupport import (
 )
 from support import free_port
 
+from gateway.queue import stored_keys
+
 
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
@@ -80,9 +82,9 @@ def test_disk_full_backpressure_no_corruption(tmp_path: Path, tiny_fs: Path) -> 
     conn = sqlite3.connect(tiny_fs / "state" / "queue.sqlite3")
     try:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        rows = {s for (s,) in conn.execute("SELECT seq FROM records")}
     finally:
         conn.close()
+    rows = {s for _, s in stored_keys(tiny_fs / "state" / "queue.sqlite3")}
     assert acked <= rows  # every ACKed record is in the database
     assert "event=record-rejected" in log.read_text() and "reason=busy" in log.read_text()
 
@@ -178,3 +180,27 @@ def test_disk_full_does_not_stop_deleting_delivered_records(tmp_path: Path, tiny
         stop(gw)
         pty.close()
         broker.stop()
+
+
+def test_a_queue_filled_by_big_commits_still_deletes_on_the_full_disk(tiny_fs: Path) -> None:
+    """Commits of 16 records fill the 1 MB disk with a WAL longer than the reserve frees.
+    Before wal_pages() and the retry without a checkpoint, the first delete's checkpoint
+    grew the file into the released reserve and every delete failed from then on (the
+    queue could never shrink)."""
+    from gateway.queue import NewRecord, Queue, QueueFullError
+
+    q = Queue.open(tiny_fs / "state" / "queue.sqlite3", 10**9)
+    stored = 0
+    with pytest.raises(QueueFullError):
+        for _ in range(10_000):
+            q.store(
+                [NewRecord("d1", stored + i, 0, os.urandom(300), None, "k") for i in range(1, 17)]
+            )
+            stored += 16
+    assert stored > 500
+    for _ in range(stored // 250 + 1):
+        q.delete([r.id for r in q.peek(0, 250)])
+    assert q.depth == 0
+    q.store([NewRecord("d1", stored + 100, 0, os.urandom(300), None, "k")])  # room again
+    assert q.reserve.held
+    q.close()

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from gateway.queue import ROW_OVERHEAD, NewRecord, Queue, QueueFullError, read_only_stats
+from gateway.queue import (
+    PAGE_SIZE,
+    ROW_OVERHEAD,
+    NewRecord,
+    Queue,
+    QueueFullError,
+    read_only_stats,
+    stored_keys,
+)
 
 
 def rec(seq: int, device: str = "d1", size: int = 100) -> NewRecord:
@@ -58,7 +66,7 @@ def test_room_for_bound(tmp_path: Path) -> None:
 def test_disk_full_is_queue_full_and_no_corruption(tmp_path: Path) -> None:
     """A size-capped database (max_page_count) stands in for a full file system."""
     path = tmp_path / "q.sqlite3"
-    q = Queue.open(path, 10**9, max_page_count=40)
+    q = Queue.open(path, 10**9, max_page_count=40 * 1024 // PAGE_SIZE)
     stored = 0
     with pytest.raises(QueueFullError):
         for i in range(1, 1000):
@@ -72,8 +80,8 @@ def test_disk_full_is_queue_full_and_no_corruption(tmp_path: Path) -> None:
     q.close()
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    assert conn.execute("SELECT count(*) FROM records").fetchone() == (stored - 20 + 1,)
     conn.close()
+    assert len(stored_keys(path)) == stored - 20 + 1
 
 
 def test_corrupt_database_moved_aside(tmp_path: Path) -> None:
@@ -179,16 +187,35 @@ def page_size(path: Path) -> int:
 
 
 def old_queue(path: Path) -> list[tuple[int, str, int, bytes]]:
-    """A queue file as every version before 1 KiB pages made it (4 KiB pages), with
-    records of two devices, one under a key and one with pre-upgrade replay state."""
-    q = Queue.open(path, 10**9, page_size=4096)
-    q.store([NewRecord("d1", s, 1_000 + s, bytes([s]) * 300, None, "k1") for s in range(1, 40)])
-    q.store([rec(7, "d2")])
-    q.delete([r.id for r in q.peek(0, 5)])  # ids 1..5 delivered: the next id is not 1
-    q.conn.execute("INSERT INTO replay (device_id, key_id, high_seq) VALUES ('d3', '*', 99)")
-    q.conn.commit()
-    rows = [(r.id, r.device_id, r.seq, r.data) for r in q.peek(0, 100)]
-    q.close()
+    """A queue file as the versions before batch rows made it (per-record rows, 4 KiB
+    pages as before 1 KiB pages), with records of two devices, one under a key and one
+    with pre-upgrade replay state, the first five delivered (ids do not start at 1)."""
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA page_size=4096")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.executescript(
+        """CREATE TABLE records (id INTEGER PRIMARY KEY AUTOINCREMENT,
+        device_id TEXT NOT NULL, seq INTEGER NOT NULL, received_ms INTEGER NOT NULL,
+        meta TEXT, data BLOB NOT NULL, UNIQUE (device_id, seq));
+        CREATE TABLE replay (device_id TEXT NOT NULL, key_id TEXT NOT NULL,
+        high_seq INTEGER NOT NULL, PRIMARY KEY (device_id, key_id));"""
+    )
+    with conn:
+        conn.executemany(
+            "INSERT INTO records (device_id, seq, received_ms, meta, data) VALUES (?, ?, ?, ?, ?)",
+            [("d1", s, 1_000 + s, None, bytes([s]) * 300) for s in range(1, 40)]
+            + [("d2", 7, 1_007, None, bytes([7]) * 100)],
+        )
+        conn.execute("DELETE FROM records WHERE id <= 5")
+        conn.executemany(
+            "INSERT INTO replay VALUES (?, ?, ?)",
+            [("d1", "k1", 39), ("d2", "*", 7), ("d3", "*", 99)],
+        )
+    rows = [
+        (i, d, s, bytes(b))
+        for i, d, s, b in conn.execute("SELECT id, device_id, seq, data FROM records ORDER BY id")
+    ]
+    conn.close()
     assert page_size(path) == 4096
     return rows
 
@@ -199,13 +226,15 @@ def test_an_old_queue_file_is_rebuilt_with_small_pages_keeping_every_record(
     path = tmp_path / "q.sqlite3"
     rows = old_queue(path)
     q = Queue.open(path, 10**9)
-    assert page_size(path) == 1024
+    assert page_size(path) == PAGE_SIZE
     assert [(r.id, r.device_id, r.seq, r.data) for r in q.peek(0, 100)] == rows
     assert q.depth == 35 and q.bytes == 34 * (300 + ROW_OVERHEAD) + 100 + ROW_OVERHEAD
     assert q.replay_state() == {("d1", "k1"): 39, ("d2", "*"): 7, ("d3", "*"): 99}
     assert q.high_seq("d3", "k9") == 99  # the pre-upgrade rule still applies
     q.store([NewRecord("d1", 40, 2_000, b"x", None, "k1")])
-    assert q.peek(rows[-1][0], 10)[0].id == rows[-1][0] + 1  # ids keep growing
+    new = q.peek(rows[-1][0], 10)  # a batch row now, after every row of the old table
+    assert [(r.device_id, r.seq) for r in new] == [("d1", 40)] and new[0].id > rows[-1][0]
+    assert q.peek(0, 100)[:-1] == q.peek(0, 35)
     q.close()
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
@@ -282,4 +311,68 @@ def test_kill_9_with_a_long_wal_keeps_every_committed_record(tmp_path: Path) -> 
     for d in range(20):
         assert q.high_seq(f"d{d}", "k1") >= last
         assert q.contains(f"d{d}", last)  # the newest commit is never deleted by the child
+    q.close()
+
+
+def test_a_commit_is_one_batch_row_and_partial_delivery_survives_a_restart(
+    tmp_path: Path,
+) -> None:
+    """One store() is one row of `batches`; records of it PUBACKed before a restart are
+    neither counted nor published again after it, and the row goes with the last one."""
+    path = tmp_path / "q.sqlite3"
+    q = Queue.open(path, 10**9)
+    q.store([rec(s, f"d{s % 3}") for s in range(1, 21)])
+    q.store([rec(21, "d9")])
+    assert q.conn.execute("SELECT count(*), sum(n) FROM batches").fetchone() == (2, 21)
+    rows = q.peek(0, 100)
+    q.delete([r.id for r in rows[:5]] + [rows[7].id])
+    q.delete([rows[0].id])  # a retried delete changes nothing
+    assert (q.depth, q.bytes) == (15, 15 * (100 + ROW_OVERHEAD))
+    q.close()
+    q = Queue.open(path, 10**9)
+    assert (q.depth, q.bytes) == (15, 15 * (100 + ROW_OVERHEAD))
+    left = [r for r in rows if r not in rows[:5] and r != rows[7]]
+    assert q.peek(0, 100) == left
+    assert q.peek(rows[5].id, 3) == left[1:4]
+    assert read_only_stats(path)["depth"] == 15
+    assert read_only_stats(path)["devices"]["d1"]["queued"] == 5  # of 7, 1 and 4 went
+    assert stored_keys(path) == [(r.device_id, r.seq) for r in left]
+    assert not q.contains("d1", 1) and q.contains("d2", 11) and not q.contains("d2", 8)
+    q.delete([r.id for r in left[:-1]])
+    assert q.conn.execute("SELECT count(*) FROM batches").fetchone() == (1,)
+    assert q.conn.execute("SELECT count(*) FROM delivered").fetchone() == (0,)
+    assert q.peek(0, 100) == left[-1:] and q.depth == 1
+    q.close()
+
+
+def test_old_rows_and_batches_are_read_and_deleted_together(tmp_path: Path) -> None:
+    """A queue file of an older version: its rows go first, new records follow as batch
+    rows, a delete may mix both, and a restart in between keeps the state."""
+    path = tmp_path / "q.sqlite3"
+    rows = old_queue(path)
+    q = Queue.open(path, 10**9)
+    q.store([NewRecord("d1", 40 + i, 2_000, b"y" * 50, None, "k1") for i in range(3)])
+    every = q.peek(0, 100)
+    assert [r.id for r in every[:-3]] == [r[0] for r in rows] and len(every) == 38
+    q.delete([every[0].id, every[-1].id])
+    q.close()
+    q = Queue.open(path, 10**9)
+    assert q.peek(0, 100) == every[1:-1] and q.depth == 36
+    q.delete([r.id for r in every[1:-1]])
+    assert q.depth == 0 and q.bytes == 0 and q.peek(0, 100) == []
+    assert q.conn.execute("SELECT count(*) FROM records").fetchone() == (0,)
+    assert q.high_seq("d1", "k1") == 42
+    with pytest.raises(sqlite3.IntegrityError):
+        q.store([NewRecord("d1", 42, 2_000, b"z", None, "k1")])  # stored before
+    q.close()
+
+
+def test_contains_stops_at_the_first_batch_below_the_seq(tmp_path: Path) -> None:
+    q = Queue.open(tmp_path / "q.sqlite3", 10**9)
+    for s in range(1, 30):
+        q.store([rec(s, "d1"), rec(s, "d2")])
+    assert q.contains("d1", 29) and q.contains("d2", 1)
+    assert not q.contains("d3", 1)
+    q.delete([r.id for r in q.peek(0, 4)])  # d1 1, d2 1, d1 2, d2 2
+    assert not q.contains("d1", 2) and q.contains("d1", 3)
     q.close()
