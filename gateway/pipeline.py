@@ -51,7 +51,7 @@ from .protocol import (
     verify_parsed,
 )
 from .protocol.record import RecordPayload
-from .queue import ROW_OVERHEAD, NewRecord, QueueFullError
+from .queue import NewRecord, QueueFullError, counted
 from .ratelog import RateLimitedLog
 from .registry import Device as Entry
 from .registry import Registry
@@ -448,7 +448,7 @@ class Pipeline:
         self._pending.append(_Pending(record, link))
         self._pending_high[key] = rec.seq
         self._pending_keys.add((*key, rec.seq))
-        self._pending_bytes += len(body) + ROW_OVERHEAD
+        self._pending_bytes += counted(body)
         dev.last_seq = rec.seq
         self._wake_committer()
 
@@ -587,7 +587,7 @@ class Pipeline:
             self._busy(p.link, p.record.device_id, p.record.seq, why)
 
     def _drop_pending(self, batch: list[_Pending]) -> None:
-        self._pending_bytes -= sum(len(p.record.data) + ROW_OVERHEAD for p in batch)
+        self._pending_bytes -= sum(counted(p.record.data) for p in batch)
         for p in batch:
             self._pending_keys.discard((p.record.device_id, p.record.key_id, p.record.seq))
         left = {(p.record.device_id, p.record.key_id) for p in self._pending}

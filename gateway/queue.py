@@ -41,7 +41,13 @@ import cbor2
 log = logging.getLogger("citysense.queue")
 
 ROW_OVERHEAD = 64
-"""Bytes counted per row on top of the record bytes (keys, timestamps, index)."""
+"""Bytes counted per record on top of its bytes (keys, timestamps, its share of the row)."""
+
+
+def counted(data: bytes) -> int:
+    """What a record of `data` counts against the queue's `max_bytes`."""
+    return len(data) + ROW_OVERHEAD
+
 
 MAX_SEQ = 2**63 - 1
 """The largest seq the queue can store (SQLite INTEGER is a signed 64-bit integer). Seqs
@@ -98,6 +104,9 @@ that is still queued gets ACK (dup), one that is not gets NACK replay; both make
 the record, which the gateway holds or held. A resend older than the scan is logged as a
 replay."""
 _DELETE_CHUNK = 32
+_CACHE_BATCHES = 8
+"""Decoded batches kept in memory: the uplink reads on from the middle of a batch, and
+a window reaches over several."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -193,9 +202,8 @@ Summary = dict[str, list[int]]
 """A batch's devices: device id -> [records, lowest seq, highest seq]."""
 
 
-def encode_batch(records: list[NewRecord]) -> tuple[bytes, bytes, int]:
-    """(data, summary, oldest_ms) of a batch row: the records as a CBOR array of
-    [device, seq, received_ms, meta, data], and the per-device summary."""
+def summarize(records: list[NewRecord] | list[QueuedRecord]) -> Summary:
+    """The per-device summary of `records`: device -> [count, lowest seq, highest seq]."""
     summary: Summary = {}
     for r in records:
         s = summary.get(r.device_id)
@@ -205,8 +213,14 @@ def encode_batch(records: list[NewRecord]) -> tuple[bytes, bytes, int]:
             s[0] += 1
             s[1] = min(s[1], r.seq)
             s[2] = max(s[2], r.seq)
+    return summary
+
+
+def encode_batch(records: list[NewRecord]) -> tuple[bytes, bytes, int]:
+    """(data, summary, oldest_ms) of a batch row: the records as a CBOR array of
+    [device, seq, received_ms, meta, data], and the per-device summary."""
     data = cbor2.dumps([[r.device_id, r.seq, r.received_ms, r.meta, r.data] for r in records])
-    return data, cbor2.dumps(summary), min(r.received_ms for r in records)
+    return data, cbor2.dumps(summarize(records)), min(r.received_ms for r in records)
 
 
 def decode_batch(batch_id: int, data: bytes) -> list[QueuedRecord]:
@@ -257,18 +271,18 @@ class Queue:
         ).fetchone()
         self.legacy = int(depth)  # rows left in the table of older versions
         self._legacy_top = int(top)  # its highest id: every batch's record ids are above
-        n, counted, last = conn.execute(
+        n, size_b, last = conn.execute(
             "SELECT coalesce(sum(n), 0), coalesce(sum(bytes), 0), coalesce(max(id), 0) FROM batches"
         ).fetchone()
         self.depth = int(depth) + int(n)
-        self.bytes = int(size) + ROW_OVERHEAD * int(depth) + int(counted)
+        self.bytes = int(size) + ROW_OVERHEAD * int(depth) + int(size_b)
         # never below an id handed out before in this process (a reused id would be
         # skipped by the uplink's cursor), and above every id of the legacy table
         self._next_batch = max(int(last), (int(top) >> BATCH_SHIFT)) + 1
         self._open: dict[int, _Open] = {}
-        self._cached: tuple[int, list[QueuedRecord]] | None = None
+        self._cached: dict[int, list[QueuedRecord]] = {}  # batch id -> records, oldest first
         for batch_id, data, done in _delivered_rows(conn):
-            sizes = [len(r.data) + ROW_OVERHEAD for r in decode_batch(batch_id, data)]
+            sizes = [counted(r.data) for r in decode_batch(batch_id, data)]
             self._open[batch_id] = _Open(sizes, done)
             self.depth -= len(done)
             self.bytes -= sum(sizes[i] for i in done if i < len(sizes))
@@ -419,8 +433,8 @@ class Queue:
         for i in range(0, len(records), _BATCH_MAX):
             part = records[i : i + _BATCH_MAX]
             data, summary, oldest = encode_batch(part)
-            counted = sum(len(r.data) + ROW_OVERHEAD for r in part)
-            rows.append((first + len(rows), len(part), counted, oldest, summary, data))
+            size = sum(counted(r.data) for r in part)
+            rows.append((first + len(rows), len(part), size, oldest, summary, data))
         try:
             with self.conn:
                 self.conn.executemany(
@@ -464,34 +478,43 @@ class Queue:
             ).fetchall()
             out = [QueuedRecord(r[0], r[1], r[2], r[3], bytes(r[4]), r[5]) for r in rows]
         start = after_id >> BATCH_SHIFT
+        o = self._open.get(start)
+        if o is not None and (after_id & (_BATCH_MAX - 1)) >= len(o.sizes) - 1:
+            start += 1  # the uplink's cursor is at the end of a batch: nothing left in it
         while len(out) < limit:
-            ids = [
-                i
-                for (i,) in self.conn.execute(
-                    "SELECT id FROM batches WHERE id >= ? ORDER BY id LIMIT 16", (start,)
-                )
-            ]
-            if not ids:
+            # one batch per query: the uplink's next peek starts where this one ended, so
+            # reading further batches' BLOBs ahead would mostly be thrown away
+            row = self.conn.execute(
+                "SELECT id, data FROM batches WHERE id >= ? ORDER BY id LIMIT 1", (start,)
+            ).fetchone()
+            if row is None:
                 break
-            for batch_id in ids:
-                for r in self._batch(batch_id):
-                    if r.id > after_id and not self._delivered(r.id):
-                        out.append(r)
-                if len(out) >= limit:
-                    break
-            start = ids[-1] + 1
+            batch_id = int(row[0])
+            for r in self._decoded(batch_id, row[1]):
+                if r.id > after_id and not self._delivered(r.id):
+                    out.append(r)
+            start = batch_id + 1
         return out[:limit]
 
     def _batch(self, batch_id: int) -> list[QueuedRecord]:
-        """A batch's records (the last one read is kept: the uplink reads on from the
-        middle of it), and its entry in `_open` for delete()."""
-        if self._cached is not None and self._cached[0] == batch_id:
-            return self._cached[1]
+        """A batch's records (none if it is gone), through the cache of `_decoded`."""
+        records = self._cached.get(batch_id)
+        if records is not None:
+            return records
         row = self.conn.execute("SELECT data FROM batches WHERE id = ?", (batch_id,)).fetchone()
-        records = [] if row is None else decode_batch(batch_id, row[0])
-        self._cached = (batch_id, records)
+        return [] if row is None else self._decoded(batch_id, row[0])
+
+    def _decoded(self, batch_id: int, data: bytes) -> list[QueuedRecord]:
+        """The records of the batch row `batch_id` with BLOB `data`, decoded once while it
+        is among the last _CACHE_BATCHES read, and its entry in `_open` for delete()."""
+        records = self._cached.get(batch_id)
+        if records is None:
+            records = decode_batch(batch_id, data)
+            self._cached[batch_id] = records
+            if len(self._cached) > _CACHE_BATCHES:
+                del self._cached[next(iter(self._cached))]
         if records and batch_id not in self._open:
-            self._open[batch_id] = _Open([len(r.data) + ROW_OVERHEAD for r in records], set())
+            self._open[batch_id] = _Open([counted(r.data) for r in records], set())
         return records
 
     def _delivered(self, record_id: int) -> bool:
@@ -558,8 +581,7 @@ class Queue:
             o.delivered |= new
         for batch_id in done:
             del self._open[batch_id]
-            if self._cached is not None and self._cached[0] == batch_id:
-                self._cached = None
+            self._cached.pop(batch_id, None)
         self.depth -= rows
         self.bytes -= nbytes
         return rows, nbytes
@@ -786,7 +808,7 @@ def read_only_stats(path: Path) -> dict[str, object]:
         }
         depth, size = int(depth), int(size) + ROW_OVERHEAD * int(depth)
         partial = {batch_id: (data, done) for batch_id, data, done in _delivered_rows(conn)}
-        for batch_id, n, counted, first, blob in _batch_rows(conn):
+        for batch_id, n, batch_bytes, first, blob in _batch_rows(conn):
             oldest = first if oldest is None else min(oldest, first)
             if batch_id in partial:
                 data, done = partial[batch_id]
@@ -794,13 +816,10 @@ def read_only_stats(path: Path) -> dict[str, object]:
                     r for r in decode_batch(batch_id, data) if r.id & (_BATCH_MAX - 1) not in done
                 ]
                 depth += len(left)
-                size += sum(len(r.data) + ROW_OVERHEAD for r in left)
-                summary: Summary = {}
-                for r in left:
-                    acc = summary.setdefault(r.device_id, [0, r.seq, r.seq])
-                    acc[0], acc[1], acc[2] = acc[0] + 1, min(acc[1], r.seq), max(acc[2], r.seq)
+                size += sum(counted(r.data) for r in left)
+                summary = summarize(left)
             else:
-                depth, size = depth + n, size + counted
+                depth, size = depth + n, size + batch_bytes
                 summary = decode_summary(blob)
             for d, (count, lo, hi) in summary.items():
                 p = per.setdefault(d, [0, lo, hi])
