@@ -79,7 +79,6 @@ def queue_alone(
     """Bytes written per record: group commits of `batch`, the delivered rows deleted in
     one transaction every `delete_every` records (the uplink's flush), `page` B pages,
     a WAL checkpoint every `ckpt` pages (SQLite's default 1000), `PRAGMA secure_delete`."""
-    body = os.urandom(400)
     d = tmp / f"q-{batch}-{page}-{delete_every}-{ckpt}-{secure}"
     q = Queue.open(d / "queue.sqlite3", 10**9, reserve_bytes=0, page_size=page)
     q.conn.execute(f"PRAGMA wal_autocheckpoint={ckpt}")
@@ -88,7 +87,9 @@ def queue_alone(
     seq = deleted = 0
     while seq < records:
         rows = [
-            NewRecord("esp32-bench0000001", s, int(time.time() * 1000), body, key_id="k1")
+            NewRecord(
+                "esp32-bench0000001", s, int(time.time() * 1000), os.urandom(400), key_id="k1"
+            )
             for s in range(seq + 1, seq + batch + 1)
         ]
         q.store(rows)
@@ -107,7 +108,6 @@ def queue_devices(tmp: Path, records: int, devices: int, every: int, ckpt: int |
     the newest commit's rows deleted in one transaction every `every` records; `ckpt`
     pages of WAL per checkpoint (None: the queue's own setting). Measured after a warm-up
     of `records` records, so the file and its free pages are at their steady size."""
-    body = os.urandom(400)
     d = tmp / f"qd-{devices}-{every}-{ckpt}"
     q = Queue.open(d / "queue.sqlite3", 10**9, reserve_bytes=0)
     if ckpt is not None:
@@ -121,7 +121,7 @@ def queue_devices(tmp: Path, records: int, devices: int, every: int, ckpt: int |
         now = int(time.time() * 1000)
         q.store(
             [
-                NewRecord(n, b + seq, now, body, key_id="k1")
+                NewRecord(n, b + seq, now, os.urandom(400), key_id="k1")
                 for n, b in zip(names, base, strict=True)
             ]
         )

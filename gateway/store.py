@@ -96,7 +96,7 @@ class Store:
         self.commits += 1
         self.depth += n
         self.bytes += nbytes
-        self._high = raised(self._high, records)[0]  # the rule Queue.store applied
+        self._high = raised(self._high, records)  # the rule Queue.store applied
         self.stored_event.set()
 
     def _failed(self, exc: Exception) -> None:
