@@ -421,17 +421,27 @@ class Queue:
         return {k: v for k, v in old.items()} | {"queued_max": queued}
 
     def _queued_max(self, device_id: str) -> int | None:
-        """The device's highest seq in the file: of a partly delivered batch, its delivered
-        records count too (a restart would publish them again, and open() folds the
-        batch's summary into the replay state)."""
+        """The device's highest seq still queued (of a partly delivered batch, what is
+        left of it: a reset after a poisoned seq went up goes below it). open() folds no
+        such batch into the replay state again: reset_replay() writes the table as of the
+        newest batch."""
         (top,) = self.conn.execute(
             "SELECT max(seq) FROM records WHERE device_id = ?", (device_id,)
         ).fetchone()
         seqs = [] if top is None else [int(top)]
-        for (blob,) in self.conn.execute("SELECT summary FROM batches"):
+        for batch_id, blob in self.conn.execute("SELECT id, summary FROM batches"):
             s = per_device(decode_summary(blob)).get(device_id)
-            if s is not None:
+            if s is None:
+                continue
+            o = self._open.get(batch_id)
+            if o is None or not o.delivered:
                 seqs.append(s[2])
+            else:  # partly delivered: what is left of it
+                seqs += [
+                    r.seq
+                    for r in self._batch(batch_id)
+                    if r.device_id == device_id and not self._delivered(r.id)
+                ]
         return max(seqs, default=None)
 
     def _save_replay(self, high: Highs) -> None:

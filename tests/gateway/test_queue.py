@@ -264,12 +264,13 @@ def test_deletes_do_not_zero_every_freed_page(tmp_path: Path) -> None:
 
 
 _KILLED_WRITER = """
+import os
 import sys
 from pathlib import Path
 from gateway.queue import NewRecord, Queue
 q = Queue.open(Path(sys.argv[1]), 10**9, reserve_bytes=0)
 for n in range(10**6):
-    q.store([NewRecord(f"d{d}", n, 1_000 + n, bytes([n % 256]) * 400, None, "k1")
+    q.store([NewRecord(f"d{d}", n, 1_000 + n, os.urandom(400), None, "k1")
              for d in range(20)])
     if n % 2 == 1:
         q.delete([r.id for r in q.peek(0, 100)][:-20])
@@ -375,4 +376,198 @@ def test_contains_stops_at_the_first_batch_below_the_seq(tmp_path: Path) -> None
     assert not q.contains("d3", 1)
     q.delete([r.id for r in q.peek(0, 4)])  # d1 1, d2 1, d1 2, d2 2
     assert not q.contains("d1", 2) and q.contains("d1", 3)
+    q.close()
+
+
+def replay_table(path: Path) -> tuple[dict[tuple[str, str], int], int | None]:
+    """The `replay` rows and `replay_upto` of a queue file, as another process sees them."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = {(d, k): s for d, k, s in conn.execute("SELECT * FROM replay")}
+        upto = conn.execute("SELECT batch_id FROM replay_upto").fetchone()
+    finally:
+        conn.close()
+    return rows, None if upto is None else upto[0]
+
+
+_STORE_THEN_KILLED = """
+import os
+import signal
+import sys
+from pathlib import Path
+from gateway.queue import NewRecord, Queue
+q = Queue.open(Path(sys.argv[1]), 10**9, reserve_bytes=0)
+for n in range(int(sys.argv[2])):
+    q.store([NewRecord("d1", 100 + n, 1_000, b"r", None, "k1"),
+             NewRecord("d2", 7_000 + n, 1_000, b"r", None, "k2")])
+os.kill(os.getpid(), signal.SIGKILL)  # no close(), no delete: the replay table is behind
+"""
+
+
+def killed_after(path: Path, batches: int) -> None:
+    import subprocess
+    import sys
+
+    subprocess.run(
+        [sys.executable, "-c", _STORE_THEN_KILLED, str(path), str(batches)],
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=60,
+        check=False,
+    )
+
+
+def test_replay_state_between_its_writes_survives_a_kill_9(tmp_path: Path) -> None:
+    """REPLAY_EVERY: the `replay` table is not written with every commit; a kill -9 before
+    it was still refuses every record stored, from the batches' summaries."""
+    from gateway.queue import REPLAY_EVERY
+
+    path = tmp_path / "q.sqlite3"
+    killed_after(path, 10)
+    assert replay_table(path) == ({}, None)  # nothing written to it yet
+    q = Queue.open(path, 10**9)
+    assert q.replay_state() == {("d1", "k1"): 109, ("d2", "k2"): 7_009}
+    for stored in (
+        NewRecord("d1", 109, 0, b"x", None, "k1"),
+        NewRecord("d2", 7_005, 0, b"x", None, "k2"),
+    ):
+        with pytest.raises(sqlite3.IntegrityError):
+            q.store([stored])
+    assert read_only_stats(path)["devices"]["d1"]["high_seq"] == 109
+    q.close()
+    killed_after(tmp_path / "q2.sqlite3", REPLAY_EVERY + 5)
+    rows, upto = replay_table(tmp_path / "q2.sqlite3")
+    assert rows == {("d1", "k1"): 100 + REPLAY_EVERY - 1, ("d2", "k2"): 7_000 + REPLAY_EVERY - 1}
+    assert upto == REPLAY_EVERY
+    q = Queue.open(tmp_path / "q2.sqlite3", 10**9)
+    assert q.replay_state() == {
+        ("d1", "k1"): 100 + REPLAY_EVERY + 4,
+        ("d2", "k2"): 7_000 + REPLAY_EVERY + 4,
+    }
+    q.close()
+
+
+def test_batch_ids_stay_above_the_replay_tables_batch_once_all_are_delivered(
+    tmp_path: Path,
+) -> None:
+    """Every delete writes the replay table as of the newest batch; when that took the
+    last batch row, a restart must still number new batches above it, or a kill -9 before
+    the next write of the table would forget their seqs (and take their resend twice)."""
+    path = tmp_path / "q.sqlite3"
+    q = Queue.open(path, 10**9)
+    for n in range(3):
+        q.store([NewRecord("d1", 10 + n, 1_000, b"r", None, "k1")])
+    q.delete([r.id for r in q.peek(0, 10)])
+    q.close()
+    assert replay_table(path) == ({("d1", "k1"): 12}, 3)
+    killed_after(path, 2)  # seqs 100 and 101 in two new batches, then kill -9
+    q = Queue.open(path, 10**9)
+    assert q.high_seq("d1", "k1") == 101
+    with pytest.raises(sqlite3.IntegrityError):
+        q.store([NewRecord("d1", 100, 0, b"again", None, "k1")])
+    assert stored_keys(path) == [("d1", 100), ("d2", 7_000), ("d1", 101), ("d2", 7_001)]
+    q.close()
+
+
+def test_reset_replay_writes_the_whole_state_and_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite3"
+    q = Queue.open(path, 10**9)
+    q.store([NewRecord("d1", s, 1_000, b"r", None, "k1") for s in (5, 6)])
+    q.store([NewRecord("d2", 70, 1_000, b"r", None, "k2")])
+    q.delete([q.peek(0, 1)[0].id])  # d1 5 went: its batch is partly delivered
+    q.store([NewRecord("d1", 900, 1_000, b"r", None, "k1")])
+    q.delete([q.peek(0, 10)[-1].id])  # and 900, a batch of its own
+    assert q.reset_replay("d1") == {"k1": 900, "queued_max": 6}
+    q.close()
+    q = Queue.open(path, 10**9)
+    assert q.replay_state() == {("d1", "k1"): 6, ("d2", "k2"): 70}
+    q.store([NewRecord("d1", 7, 1_000, b"r", None, "k1")])  # what a reset is for
+    q.close()
+
+
+def old_batches(path: Path) -> None:
+    """A queue file as the batch rows of 2026-12-03 made it: plain CBOR records and a
+    device-keyed summary, the replay state written with every batch."""
+    import cbor2
+
+    Queue.open(path, 10**9).close()  # today's schema; rows as the old version wrote them
+    conn = sqlite3.connect(path)
+    with conn:
+        for batch_id, seqs in ((1, (1, 2)), (2, (3,))):
+            data = cbor2.dumps([["d1", s, 1_000 + s, None, bytes([s]) * 100] for s in seqs])
+            summary = cbor2.dumps({"d1": [len(seqs), min(seqs), max(seqs)]})
+            conn.execute(
+                "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    batch_id,
+                    len(seqs),
+                    len(seqs) * (100 + ROW_OVERHEAD),
+                    1_000 + seqs[0],
+                    summary,
+                    data,
+                ),
+            )
+        conn.execute("INSERT INTO replay VALUES ('d1', 'k1', 3)")
+    conn.close()
+
+
+def test_batches_of_the_first_batch_format_are_read_and_deleted(tmp_path: Path) -> None:
+    from gateway.queue import BATCH_FORMAT
+
+    path = tmp_path / "q.sqlite3"
+    old_batches(path)
+    q = Queue.open(path, 10**9)
+    assert (q.depth, q.bytes, q.high_seq("d1", "k1")) == (3, 3 * (100 + ROW_OVERHEAD), 3)
+    q.store([NewRecord("d1", 4, 1_004, bytes([4]) * 100, None, "k1")])
+    rows = q.peek(0, 10)
+    assert [(r.seq, r.received_ms, r.data) for r in rows] == [
+        (s, 1_000 + s, bytes([s]) * 100) for s in (1, 2, 3, 4)
+    ]
+    assert q.contains("d1", 2) and not q.contains("d1", 5)
+    assert q.conn.execute("SELECT substr(data, 1, 1) FROM batches WHERE id = 3").fetchone() == (
+        bytes([BATCH_FORMAT]),
+    )
+    q.delete([rows[0].id, rows[3].id])
+    q.close()
+    assert read_only_stats(path)["devices"]["d1"] | {"keys": None} == {
+        "queued": 2,
+        "min_seq": 2,
+        "max_seq": 3,
+        "high_seq": 4,
+        "keys": None,
+    }
+    assert stored_keys(path) == [("d1", 2), ("d1", 3)]
+
+
+def test_a_batch_is_compressed_and_a_damaged_one_is_reported_corrupt(tmp_path: Path) -> None:
+    """BATCH_FORMAT: zlib over the batch; random bytes cost no more than stored plainly."""
+    import os
+
+    from gateway.queue import QueueCorruptError
+
+    path = tmp_path / "q.sqlite3"
+    q = Queue.open(path, 10**9)
+    q.store(
+        [
+            NewRecord(
+                f"esp32-{d:012d}", 1_764_000_000_000 + d, 1_000, b"temp 21.5 Cel " * 28, None, "k1"
+            )
+            for d in range(20)
+        ]
+    )
+    noise = [os.urandom(400) for _ in range(20)]
+    q.store(
+        [
+            NewRecord(f"esp32-{d:012d}", 1_764_000_000_100 + d, 1_000, noise[d], None, "k1")
+            for d in range(20)
+        ]
+    )
+    (text,), (rand,) = q.conn.execute("SELECT length(data) FROM batches ORDER BY id").fetchall()
+    assert text < 20 * 392 // 10 and 20 * 400 < rand < 20 * 400 + 200
+    assert [r.data for r in q.peek(0, 100)[20:]] == noise
+    q.conn.execute("UPDATE batches SET data = substr(data, 1, 50) WHERE id = 2")
+    q.conn.commit()
+    q.close()
+    q = Queue.open(path, 10**9)
+    with pytest.raises(QueueCorruptError, match="batch 2"):
+        q.peek(0, 100)
     q.close()
