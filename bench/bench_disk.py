@@ -10,6 +10,9 @@ Prints:
   at several group-commit batch sizes, each record committed (fsync'd) before the next
   batch, as the committer does;
 - the floor an append-only log would have: records appended and fdatasync'd per commit.
+Every record is 400 fresh random bytes: the queue's zlib (gateway/queue.py, BATCH_FORMAT)
+gains nothing on them, so these rows are its worst case (until 2026-12-04 one random body
+was reused for every record, which compression would have turned into a few bytes).
 Figures are for this machine's file system (ext4/overlay page granularity); compare the
 rows of one run, not absolute values across machines.
 """
