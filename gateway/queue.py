@@ -114,7 +114,7 @@ array is [oldest_ms, records]). A BLOB
 that starts with a CBOR array instead is the format of 2026-12-03 (no compression, each
 record [device, seq, received_ms, meta, data]); both are read. zlib level 1 takes ~0.1 ms
 per 20-record batch here; on the comparison's records (signed SenML with text padding) it
-saves ~40 % of the bytes, on random bytes nothing (zlib then stores them as they are,
+saves ~30 % of the bytes, on random bytes nothing (zlib then stores them as they are,
 5 bytes more per 16 KiB)."""
 REPLAY_EVERY = 64
 """Batches stored at most between two writes of the `replay` table. Writing it in every
