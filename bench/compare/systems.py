@@ -117,6 +117,7 @@ baud = 115200
 
 [uplink]
 url = "mqtt://127.0.0.1:{cloud_port}"
+{os.environ.get("BENCH_CITYSENSE_UPLINK", "")}
 
 [queue]
 max_bytes = "512MB"
