@@ -322,11 +322,17 @@ class Queue:
         self.reserve = Reserve(path.with_name(path.stem + ".reserve"), 0)
         self.reserve_used = 0
         self._reserve_tried = float("-inf")
-        self._saved: Highs = {
-            (d, k): s for d, k, s in conn.execute("SELECT device_id, key_id, high_seq FROM replay")
-        }
+        self._saved: Highs = {(d, k): s for d, k, s in _replay_rows(conn)}
         self._saved_upto = _replay_upto(conn)
-        self._high = _folded(conn, self._saved, self._saved_upto)
+        self._high = _folded(
+            self._saved,
+            (
+                blob
+                for (blob,) in conn.execute(
+                    "SELECT summary FROM batches WHERE id > ? ORDER BY id", (self._saved_upto,)
+                )
+            ),
+        )
         depth, size, top = conn.execute(
             "SELECT count(*), coalesce(sum(length(data)), 0), coalesce(max(id), 0) FROM records"
         ).fetchone()
@@ -416,7 +422,7 @@ class Queue:
             for key in old or {LEGACY_KEY: 0}:
                 high[(device_id, key)] = queued
         with self.conn:
-            self._save_replay(high)
+            self._save_replay(high, self._next_batch - 1)
         self._high = high
         return {k: v for k, v in old.items()} | {"queued_max": queued}
 
@@ -444,8 +450,8 @@ class Queue:
                 ]
         return max(seqs, default=None)
 
-    def _save_replay(self, high: Highs) -> None:
-        """Write the replay state `high`, as of the newest batch, in the caller's
+    def _save_replay(self, high: Highs, upto: int) -> None:
+        """Write the replay state `high`, as of batch `upto` (the newest), in the caller's
         transaction (see REPLAY_EVERY); what changed since the last write only."""
         self.conn.executemany(
             "INSERT INTO replay (device_id, key_id, high_seq) VALUES (?, ?, ?) "
@@ -456,16 +462,15 @@ class Queue:
             "DELETE FROM replay WHERE device_id = ? AND key_id = ?",
             [k for k in self._saved if k not in high],
         )
-        upto = self._next_batch - 1
         if upto != self._saved_upto:
             self.conn.execute(
                 "INSERT OR REPLACE INTO replay_upto (id, batch_id) VALUES (0, ?)", (upto,)
             )
 
-    def _saved_replay(self, high: Highs) -> None:
+    def _saved_replay(self, high: Highs, upto: int) -> None:
         """After the commit that _save_replay() wrote in."""
         self._saved = dict(high)
-        self._saved_upto = self._next_batch - 1
+        self._saved_upto = upto
 
     def contains(self, device_id: str, seq: int) -> bool:
         """Whether the device's record `seq` is still queued (see CONTAINS_SCAN_BATCHES)."""
@@ -521,7 +526,8 @@ class Queue:
             data, summary, oldest = encode_batch(part)
             size = sum(counted(r.data) for r in part)
             rows.append((first + len(rows), len(part), size, oldest, summary, data))
-        save = first + len(rows) - 1 - self._saved_upto >= REPLAY_EVERY
+        last = first + len(rows) - 1
+        save = last - self._saved_upto >= REPLAY_EVERY
         try:
             with self.conn:
                 self.conn.executemany(
@@ -530,8 +536,7 @@ class Queue:
                     rows,
                 )
                 if save:
-                    self._next_batch = first + len(rows)  # _save_replay's watermark
-                    self._save_replay(high)
+                    self._save_replay(high, last)
         except sqlite3.OperationalError as exc:
             if _is_full(exc):
                 raise QueueFullError(f"disk full: {exc}") from exc
@@ -540,12 +545,10 @@ class Queue:
             raise
         except sqlite3.DatabaseError as exc:
             raise QueueCorruptError(str(exc)) from exc
-        finally:
-            self._next_batch = first  # a failed commit takes back no id (nor the watermark)
-        self._next_batch = first + len(rows)
+        self._next_batch = last + 1
         self._high = high
         if save:
-            self._saved_replay(high)
+            self._saved_replay(high, last)
         added = sum(r[2] for r in rows)
         self.depth += len(records)
         self.bytes += added
@@ -662,8 +665,8 @@ class Queue:
                     if new and b not in done
                 ],
             )
-            self._save_replay(self._high)
-        self._saved_replay(self._high)
+            self._save_replay(self._high, self._next_batch - 1)
+        self._saved_replay(self._high, self._next_batch - 1)
         self.legacy -= rows
         for _, o, new in plan:
             rows += len(new)
@@ -898,7 +901,8 @@ def read_only_stats(path: Path) -> dict[str, object]:
         }
         depth, size = int(depth), int(size) + ROW_OVERHEAD * int(depth)
         partial = {batch_id: (data, done) for batch_id, _, data, done in _delivered_rows(conn)}
-        for batch_id, n, batch_bytes, first, blob in _batch_rows(conn):
+        batches = _batch_rows(conn)
+        for batch_id, n, batch_bytes, first, blob in batches:
             oldest = first if oldest is None else min(oldest, first)
             if batch_id in partial:
                 data, done = partial[batch_id]
@@ -917,9 +921,10 @@ def read_only_stats(path: Path) -> dict[str, object]:
                 p = per.setdefault(d, [0, lo, hi])
                 p[0], p[1], p[2] = p[0] + count, min(p[1], lo), max(p[2], hi)
         saved = {(d, k): s for d, k, s in _replay_rows(conn)}
+        upto = _replay_upto(conn)
         highs: dict[str, int] = {}
         keys: dict[str, dict[str, int]] = {}
-        for (d, k), s in _folded(conn, saved, _replay_upto(conn)).items():
+        for (d, k), s in _folded(saved, (b for i, _, _, _, b in batches if i > upto)).items():
             highs[d] = max(highs.get(d, s), s)
             keys.setdefault(d, {})[k] = s
     finally:
@@ -981,23 +986,13 @@ def _replay_upto(conn: sqlite3.Connection) -> int:
     return 0 if row is None else int(row[0])
 
 
-def _folded(conn: sqlite3.Connection, saved: Highs, upto: int) -> Highs:
-    """The replay state: the `replay` table (`saved`) with the summaries of the batches
-    after `upto` folded in, in storage order (see REPLAY_EVERY)."""
+def _folded(saved: Highs, summaries: Iterable[bytes]) -> Highs:
+    """The replay state: the `replay` table's rows (`saved`) with the summaries of the
+    batches after `replay_upto`, in storage order, folded in (see REPLAY_EVERY)."""
     high = dict(saved)
-    try:
-        rows = conn.execute("SELECT summary FROM batches WHERE id > ? ORDER BY id", (upto,))
-        for (blob,) in rows:
-            fold(
-                high,
-                (
-                    (d, k, hi)
-                    for (d, k), (_, _, hi) in decode_summary(blob).items()
-                    if k is not None
-                ),
-            )
-    except sqlite3.OperationalError:
-        pass  # no batches table: a file only an older version has written
+    for blob in summaries:
+        summary = decode_summary(blob).items()
+        fold(high, ((d, k, hi) for (d, k), (_, _, hi) in summary if k is not None))
     return high
 
 
