@@ -423,6 +423,7 @@ class Queue:
                 high[(device_id, key)] = queued
         with self.conn:
             self._save_replay(high, self._next_batch - 1)
+        self._saved_replay(high, self._next_batch - 1)
         self._high = high
         return {k: v for k, v in old.items()} | {"queued_max": queued}
 

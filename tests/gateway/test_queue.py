@@ -571,3 +571,25 @@ def test_a_batch_is_compressed_and_a_damaged_one_is_reported_corrupt(tmp_path: P
     with pytest.raises(QueueCorruptError, match="batch 2"):
         q.peek(0, 100)
     q.close()
+
+
+def test_a_seq_stored_again_after_reset_replay_is_remembered_across_a_restart(
+    tmp_path: Path,
+) -> None:
+    """reset_replay() writes the replay table; the next writes compare with what it wrote,
+    not with what was there before, or a seq equal to the old high would never reach the
+    table and a restart would take its resend twice."""
+    path = tmp_path / "q.sqlite3"
+    q = Queue.open(path, 10**9)
+    q.store([NewRecord("d1", s, 1_000, b"r", None, "k1") for s in (5, 6)])
+    q.store([NewRecord("d1", 900, 1_000, b"r", None, "k1")])
+    q.delete([q.peek(0, 10)[-1].id])  # the poisoned 900 went up; the table says 900
+    assert q.reset_replay("d1") == {"k1": 900, "queued_max": 6}
+    q.store([NewRecord("d1", 900, 1_000, b"r", None, "k1")])  # a genuine 900 this time
+    q.delete([r.id for r in q.peek(0, 10)])
+    q.close()
+    q = Queue.open(path, 10**9)
+    assert q.high_seq("d1", "k1") == 900
+    with pytest.raises(sqlite3.IntegrityError):
+        q.store([NewRecord("d1", 900, 1_000, b"again", None, "k1")])
+    q.close()
