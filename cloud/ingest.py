@@ -2,7 +2,7 @@
 
 One thread. `Ingest.run` takes a batch from the MQTT session (cloud/session.py: a shared
 subscription `$share/<group>/citysense/v1/+/+/records` at QoS 1 on a persistent session
-named after the instance, our own small MQTT 5 client: cloud/mqtt5.py says why not paho),
+named after the instance, our own small MQTT 5 client: gateway/mqttwire.py says why not paho),
 verifies each record (cloud.records), commits the batch in one transaction (cloud.store),
 and only then writes the batch's PUBACKs, in the order received. A database that is down
 or busy is retried with backoff, the same batch, while nothing is acknowledged (the

@@ -1,6 +1,6 @@
 """The ingest's MQTT 5 session: one socket, driven by the ingest's own thread.
 
-cloud/mqtt5.py says why this is not paho. The session connects with client id
+gateway/mqttwire.py says why this is not paho. The session connects with client id
 `citysense-ingest-<instance>`, clean start off and a session expiry, so a broker keeps
 what it handed an instance that died until that instance comes back under its name
 (Mosquitto does not give a dead shared subscriber's in-flight messages to the others).
@@ -44,9 +44,9 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from gateway import mqttwire as mqtt5
 from gateway.backoff import Backoff
 
-from . import mqtt5
 from .config import BrokerConfig
 from .errors import ConfigError
 from .records import Delivery

@@ -21,9 +21,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import aiomqtt
-from paho.mqtt.properties import Properties
-
 from .backoff import Backoff, RetrySchedule
 from .config import UplinkConfig
 from .logsafe import esc
@@ -32,12 +29,15 @@ from .mqttclient import (
     CLIENT_REFUSED,
     DEFAULT_HINT,
     REFUSAL_HINTS,
-    AckedClient,
+    MqttClient,
+    MqttError,
+    MqttVersion,
     is_refused,
     refusal_label,
     wait_ack,
 )
-from .mqttprops import RecordProperties
+from .mqttprops import record_properties
+from .mqttwire import Will
 from .pipeline import Pipeline
 from .protocol import FrameType, ProtocolError, check_command, encode_frame, gateway_refusal
 from .queue import QueuedRecord, QueueFullError
@@ -47,7 +47,7 @@ from .registry_sync import RegistrySync
 log = logging.getLogger("citysense.uplink")
 
 CONTENT_TYPE = 'application/cose; cose-type="cose-sign1"'
-PROTOCOLS = {"5": aiomqtt.ProtocolVersion.V5, "3.1.1": aiomqtt.ProtocolVersion.V311}
+PROTOCOLS = {"5": MqttVersion.V5, "3.1.1": MqttVersion.V311}
 _V5_REFUSED = {1, 132}  # 3.1.1 "unacceptable protocol version"; v5 "Unsupported Protocol Version"
 DELETE_EVERY_S = 1.0
 """PUBACKed records are deleted in one transaction at most this often (or as soon as
@@ -91,7 +91,7 @@ class _Flight:
 
     window: asyncio.Semaphore
     sent: dict[asyncio.Future[int], float] = field(default_factory=dict)  # -> sent at
-    lost: aiomqtt.MqttError | None = None  # a publish of this session failed
+    lost: MqttError | None = None  # a publish of this session failed
 
     def check(self, metrics: Metrics) -> None:
         """End the session (MqttError) if a publish failed or its PUBACK is overdue."""
@@ -100,7 +100,7 @@ class _Flight:
         oldest = next(iter(self.sent.values()), None)  # dicts keep insertion order
         if oldest is not None and time.monotonic() - oldest > PUBACK_WAIT_S:
             metrics.publish_errors += 1
-            raise aiomqtt.MqttError("Operation timed out (no PUBACK)")
+            raise MqttError("Operation timed out (no PUBACK)")
 
 
 def topic_records(gw: str, device: str) -> str:
@@ -174,29 +174,24 @@ class Uplink:
             separators=(",", ":"),
         ).encode()
 
-    def _client(self) -> AckedClient:
-        client = AckedClient(
+    def _client(self) -> MqttClient:
+        return MqttClient(
             self.cfg.host,
             self.cfg.port,
-            identifier=self.cfg.client_id,
+            client_id=self.cfg.client_id,
             username=self.cfg.username,
             password=self.cfg.password,
             protocol=self.protocol,
-            will=aiomqtt.Will(f"citysense/v1/{self.gw}/status", self._status(False), 1, True),
+            will=Will(f"citysense/v1/{self.gw}/status", self._status(False), 1, True),
             tls_context=self._tls(),
             keepalive=self.cfg.keepalive,
             timeout=self.cfg.timeout,
-            max_inflight_messages=self.cfg.window,
-            clean_session=True if self.protocol != aiomqtt.ProtocolVersion.V5 else None,
         )
-        # a full window of QoS 1 publishes is normal here, not worth a warning each
-        client.pending_calls_threshold = self.cfg.window + 16
-        return client
 
     async def run(self) -> None:
         """Connect, run a session; after any connection failure wait `backoff` and retry,
         always with the configured protocol version (never a fallback)."""
-        if self.protocol == aiomqtt.ProtocolVersion.V311:
+        if self.protocol == MqttVersion.V311:
             log.warning("event=uplink-protocol-311 cost='%s'", PROTOCOL_311_COST)
         while True:
             self.heartbeat = time.monotonic()
@@ -214,7 +209,7 @@ class Uplink:
                         self.protocol.name,
                     )
                     await self._session(client)
-            except aiomqtt.MqttError as exc:
+            except MqttError as exc:
                 self._failed(exc, connecting=self.state == "connecting")
             except (OSError, ssl.SSLError) as exc:
                 self._failed(exc, connecting=False)
@@ -241,7 +236,7 @@ class Uplink:
 
     def _failed(self, exc: Exception, *, connecting: bool) -> None:
         self.last_error = str(exc)
-        if not connecting or self.protocol != aiomqtt.ProtocolVersion.V5:
+        if not connecting or self.protocol != MqttVersion.V5:
             return
         rc = getattr(exc, "rc", None)
         code = getattr(rc, "value", rc)
@@ -307,13 +302,13 @@ class Uplink:
             self.heartbeat = time.monotonic()
             await asyncio.sleep(min(left, 1.0))
 
-    async def _publish_status(self, client: AckedClient, online: bool) -> None:
+    async def _publish_status(self, client: MqttClient, online: bool) -> None:
         topic = f"citysense/v1/{self.gw}/status"
         code = await client.publish_acked(topic, self._status(online), retain=True, wait_s=10)
         if is_refused(code):
             self._log_refusal(refusal_label(code), topic, f"PUBACK 0x{code:02x}", "status")
 
-    async def _session(self, client: AckedClient) -> None:
+    async def _session(self, client: MqttClient) -> None:
         await self._publish_status(client, True)
         if self.operator_key is not None:
             await client.subscribe(f"citysense/v1/{self.gw}/+/commands", qos=1)
@@ -329,21 +324,21 @@ class Uplink:
             raise first_leaf(eg) from eg
         except asyncio.CancelledError:
             # a clean disconnect does not fire the last will: say offline ourselves
-            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+            with contextlib.suppress(MqttError, TimeoutError):
                 await asyncio.wait_for(self._publish_status(client, False), 2.0)
             raise
 
-    def _properties(self, rec: QueuedRecord) -> Properties | None:
-        if self.protocol != aiomqtt.ProtocolVersion.V5:
+    def _properties(self, rec: QueuedRecord) -> bytes | None:
+        if self.protocol != MqttVersion.V5:
             return None
         user = [("gw-received-ms", str(rec.received_ms))]
         if rec.meta:
             resolved = json.loads(rec.meta).get("resolved")
             if resolved:
                 user.append(("resolved-time", ",".join(f"{t:.3f}" for t in resolved)))
-        return RecordProperties(CONTENT_TYPE, user)
+        return record_properties(CONTENT_TYPE, user)
 
-    async def _publisher(self, client: AckedClient) -> None:
+    async def _publisher(self, client: MqttClient) -> None:
         """Stream the queue from its head: refused records come back from `self.retry`
         when due; new rows are taken only while the retry schedule has room. No task per
         record: a publish is handed to paho and its PUBACK handled by a done-callback
@@ -408,7 +403,7 @@ class Uplink:
             async with asyncio.timeout(wait):
                 await self.store.stored_event.wait()
 
-    def _send(self, client: AckedClient, rec: QueuedRecord, flight: _Flight) -> None:
+    def _send(self, client: MqttClient, rec: QueuedRecord, flight: _Flight) -> None:
         """Publish one record (a window slot is held); the outcome goes to `_sent`."""
         window = flight.window
         flight.check(self.metrics)  # the connection may have gone while we waited
@@ -419,7 +414,7 @@ class Uplink:
             window.release()
             self._refused(rec, CLIENT_REFUSED, topic, str(exc))
             return
-        except aiomqtt.MqttError:
+        except MqttError:
             window.release()
             self.metrics.publish_errors += 1
             self.retry.release(rec.id, time.monotonic())
@@ -435,7 +430,7 @@ class Uplink:
         flight.sent.pop(fut, None)
         flight.window.release()
         exc = None if fut.cancelled() else fut.exception()
-        if isinstance(exc, aiomqtt.MqttError):
+        if isinstance(exc, MqttError):
             self.metrics.publish_errors += 1
             if flight.lost is None:
                 flight.lost = exc  # ends this session, never a later one
@@ -497,7 +492,7 @@ class Uplink:
                 exc,
             )
 
-    async def _results(self, client: AckedClient) -> None:
+    async def _results(self, client: MqttClient) -> None:
         """Publish COMMAND_RESULTs. One whose publish did not complete (the connection
         dropped before the PUBACK) is kept and goes first on the next connection; one the
         broker refuses goes to the back of the queue, results pause for a jittered backoff
@@ -555,7 +550,7 @@ class Uplink:
             "the broker kept refusing it: check its ACL for command-results",
         )
 
-    async def _commands(self, client: aiomqtt.Client) -> None:
+    async def _commands(self, client: MqttClient) -> None:
         async for message in client.messages:
             if self.registry_sync.handles(str(message.topic)):
                 await self.registry_sync.receive(message.payload)

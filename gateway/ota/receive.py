@@ -21,13 +21,12 @@ import asyncio
 import logging
 from typing import Any
 
-import aiomqtt
-
 from citysense_formats import bundle as fmt
 from citysense_formats import ota_topics
 
 from ..logsafe import esc
 from ..metrics import Metrics
+from ..mqttclient import MqttError
 from .cache import BundleCache
 
 log = logging.getLogger("citysense.ota.receive")
@@ -108,7 +107,7 @@ class BundleReceiver:
         topic = ota_topics.report_topic(self.gw)
         try:
             code = await client.publish_acked(topic, report.encode(), wait_s=REPORT_WAIT_S)
-        except aiomqtt.MqttError as exc:  # the session dropped; the bundle is cached anyway
+        except MqttError as exc:  # the session dropped; the bundle is cached anyway
             log.warning("event=ota-report-failed topic=%s error=%r", topic, str(exc))
             return
         if int(code) >= 0x80:

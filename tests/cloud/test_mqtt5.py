@@ -1,4 +1,4 @@
-"""cloud/mqtt5.py: exact bytes out, exact packets in (whole, byte by byte, split), and
+"""gateway/mqttwire.py: exact bytes out, exact packets in (whole, byte by byte, split), and
 every malformed input refused with its reason. Packets built by hand from OASIS MQTT 5.0
 section 3; the encoders are also judged by a real Mosquitto in test_ingest.py."""
 
@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from cloud import mqtt5
-from cloud.mqtt5 import Control, Decoder, MqttProtocolError, Publish
+from gateway import mqttwire as mqtt5
+from gateway.mqttwire import Control, Decoder, MqttProtocolError, Publish
 
 
 def _str(s: bytes) -> bytes:

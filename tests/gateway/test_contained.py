@@ -77,7 +77,7 @@ def test_unpublishable_record_is_kept_and_the_rest_flows(tmp_path: Path) -> None
             assert (
                 "event=publish-refused reason=client-refused "
                 "topic=citysense/v1/gw-test/esp32+bad/records "
-                "detail=Publish topic cannot contain wildcards. record seq=1"
+                "detail=a topic name cannot hold a wildcard ('+' or '#') record seq=1"
             ) in text
             assert "event=task-failed" not in text
         finally:

@@ -1,26 +1,35 @@
-"""The MQTT 5 packets the ingest needs, without I/O: encoders and a bounded decoder.
+"""MQTT packets without I/O, for the two clients of our own: encoders and a bounded decoder.
 
-Why not paho here: the ingest's hot path is "receive a PUBLISH, hand it on, PUBACK it
-after the commit". paho 2.2 spends ~90-130 µs of CPU per message on it (7,700-10,900
-messages per CPU second; bench/bench_cloud.py measures it in the same run as ours): a
-Properties object built attribute by attribute through `__setattr__` checks, an
-MQTTMessage, topic matching against callbacks, a lock and a callback per message, and
-one PUBACK packet written per call. That is about as much as the Ed25519 verify the
-record needs (~100 µs), and it capped the ingest at 0.47x the verify ceiling per core.
-This module decodes a whole socket read at once into `Publish` tuples (a few µs each)
-and the ingest writes a batch's PUBACKs in one send.
+Two users. The cloud ingest (cloud/session.py, MQTT 5 only): receive a PUBLISH, hand it
+on, PUBACK it after the commit. The gateway's uplink (gateway/mqttclient.py, MQTT 5 or
+3.1.1): publish records at QoS 1 and read each PUBACK's reason code, subscribe to a few
+command topics.
 
-Only the client side of what the ingest does: CONNECT (clean start off, session expiry,
-Receive Maximum, Maximum Packet Size), SUBSCRIBE / UNSUBSCRIBE of one filter, PUBACK,
-PINGREQ, DISCONNECT (optionally with session expiry 0); in the other direction CONNACK,
-PUBLISH (QoS 0 and 1: the subscription is at QoS 1, so the broker sends nothing higher),
-SUBACK, UNSUBACK, PINGRESP, DISCONNECT. No topic aliases (Topic Alias Maximum stays 0,
-so the broker must not use them), no AUTH. OASIS MQTT 5.0, sections 2 and 3.
+Why not paho. The ingest: paho 2.2 spends ~90-130 µs of CPU per message received
+(7,700-10,900 messages per CPU second; bench/bench_cloud.py measures it in the same run
+as ours): a Properties object built attribute by attribute through `__setattr__`
+checks, an MQTTMessage, topic matching against callbacks, a lock and a callback per
+message, and one PUBACK packet written per call. That is about as much as the Ed25519
+verify the record needs (~100 µs), and it capped the ingest at 0.47x the verify ceiling
+per core. The uplink: paho with aiomqtt spent ~60 µs of CPU per QoS 1 publish and its
+PUBACK (a socket write and a writer registration per message, a ReasonCode and a
+Properties object per PUBACK), where these packets cost ~12-16 µs
+(bench/bench_mqtt_publish.py). This module decodes a whole socket read at once (a few µs
+a packet) and the callers write many packets in one send.
 
-Bounds: a packet over MAX_PACKET is a protocol error (the CONNECT tells the broker this
-maximum, so a conforming broker never sends one: it drops such a message for us); a
-Remaining Length over four bytes, a property the packet cannot hold, or a truncated field
-is a `MqttProtocolError` with a reason label, and the caller drops the connection.
+What is here: CONNECT (clean start, session expiry, Receive Maximum, Maximum Packet Size,
+a will, user name and password; protocol level 5 or 4 = 3.1.1), PUBLISH (QoS 0 and 1),
+PUBACK, SUBSCRIBE / UNSUBSCRIBE of one filter, PINGREQ, DISCONNECT; in the other
+direction CONNACK, PUBLISH (QoS 0 and 1: our subscriptions are at QoS 1, so a broker
+sends nothing higher), PUBACK (packet id and reason code), SUBACK, UNSUBACK, PINGRESP,
+DISCONNECT. No topic aliases (Topic Alias Maximum stays 0, so the broker must not use
+them), no AUTH. OASIS MQTT 5.0 and 3.1.1, sections 2 and 3.
+
+Bounds: a packet over the decoder's maximum is a protocol error (the CONNECT tells an
+MQTT 5 broker this maximum, so a conforming broker never sends one: it drops such a
+message for us); a Remaining Length over four bytes, a property the packet cannot hold,
+or a truncated field is a `MqttProtocolError` with a reason label, and the caller drops
+the connection.
 """
 
 from __future__ import annotations
@@ -30,6 +39,10 @@ from dataclasses import dataclass
 from typing import Final, NamedTuple
 
 MAX_PACKET: Final = 1 << 20  # bytes; a record is at most 4096 (cloud.records.MAX_RECORD)
+V5: Final = 5  # protocol levels in CONNECT
+V311: Final = 4
+MAX_STRING: Final = 0xFFFF
+MAX_REMAINING: Final = 268_435_455  # four bytes of Remaining Length
 
 CONNECT, CONNACK, PUBLISH, PUBACK = 1, 2, 3, 4
 SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK = 8, 9, 10, 11
@@ -126,7 +139,12 @@ def _varint(n: int) -> bytes:
 
 
 def _utf8(text: str) -> bytes:
-    data = text.encode("utf-8")
+    return _binary(text.encode("utf-8"))
+
+
+def _binary(data: bytes) -> bytes:
+    if len(data) > MAX_STRING:
+        raise ValueError("an MQTT binary field is at most 65535 bytes")
     return _U16.pack(len(data)) + data
 
 
@@ -142,17 +160,77 @@ def _props(pairs: list[tuple[int, int]]) -> bytes:
     return _varint(len(out)) + bytes(out)
 
 
-def encode_connect(client_id: str, keepalive: int, session_expiry: int, receive_max: int) -> bytes:
-    """CONNECT with clean start off (the session is resumed), no will, no credentials."""
-    props = _props([(0x11, session_expiry), (0x21, receive_max), (0x27, MAX_PACKET)])
-    body = _utf8("MQTT") + bytes([5, 0x00]) + _U16.pack(keepalive) + props + _utf8(client_id)
+@dataclass(frozen=True, slots=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+def encode_connect(
+    client_id: str,
+    keepalive: int,
+    session_expiry: int,
+    receive_max: int,
+    *,
+    version: int = V5,
+    clean_start: bool = False,
+    will: Will | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    max_packet: int = MAX_PACKET,
+) -> bytes:
+    """CONNECT. MQTT 5 carries session expiry, Receive Maximum and Maximum Packet Size
+    (the will without properties); 3.1.1 (`version=V311`) has no properties at all.
+    Defaults: clean start off (the session is resumed), no will, no credentials."""
+    flags = (0x02 if clean_start else 0) | (0x80 if username is not None else 0)
+    flags |= 0x40 if password is not None else 0
+    if will is not None:
+        flags |= 0x04 | will.qos << 3 | (0x20 if will.retain else 0)
+    props = b""
+    if version == V5:
+        props = _props([(0x11, session_expiry), (0x21, receive_max), (0x27, max_packet)])
+    body = _utf8("MQTT") + bytes([version, flags]) + _U16.pack(keepalive) + props
+    body += _utf8(client_id)
+    if will is not None:
+        body += (b"\x00" if version == V5 else b"") + _utf8(will.topic) + _binary(will.payload)
+    if username is not None:
+        body += _utf8(username)
+    if password is not None:
+        body += _binary(password.encode("utf-8"))
     return _packet(CONNECT << 4, body)
 
 
-def encode_subscribe(mid: int, topic_filter: str, qos: int) -> bytes:
-    return _packet(
-        SUBSCRIBE << 4 | 2, _U16.pack(mid) + b"\x00" + _utf8(topic_filter) + bytes([qos])
-    )
+def check_topic(topic: str) -> bytes:
+    """The topic of a PUBLISH as its UTF-8 string field; ValueError for one no broker may
+    take (empty, a wildcard, NUL, over 65535 bytes: MQTT 5.0 section 4.7)."""
+    raw = topic.encode("utf-8")
+    if b"+" in raw or b"#" in raw:
+        raise ValueError("a topic name cannot hold a wildcard ('+' or '#')")
+    if not raw or len(raw) > MAX_STRING or b"\x00" in raw:
+        raise ValueError("a topic name is 1-65535 bytes of UTF-8 without NUL")
+    return _U16.pack(len(raw)) + raw
+
+
+def encode_publish(
+    topic: bytes, payload: bytes, mid: int, *, qos: int = 1, retain: bool = False,
+    props: bytes | None = b"\x00",
+) -> bytes:  # fmt: skip
+    """PUBLISH of `topic` (as `check_topic` returns it). `props` is the packed property
+    block (length first; b"\x00" for none) under MQTT 5, None under 3.1.1; `mid` is
+    ignored for QoS 0. ValueError for a packet MQTT cannot frame."""
+    head = topic + (_U16.pack(mid) if qos else b"") + (props or b"")
+    length = len(head) + len(payload)
+    if length > MAX_REMAINING:
+        raise ValueError(f"a PUBLISH of {length} bytes is over MQTT's maximum")
+    first = PUBLISH << 4 | qos << 1 | (1 if retain else 0)
+    return bytes([first]) + _varint(length) + head + payload
+
+
+def encode_subscribe(mid: int, topic_filter: str, qos: int, *, version: int = V5) -> bytes:
+    props = b"\x00" if version == V5 else b""
+    return _packet(SUBSCRIBE << 4 | 2, _U16.pack(mid) + props + _utf8(topic_filter) + bytes([qos]))
 
 
 def encode_unsubscribe(mid: int, topic_filter: str) -> bytes:
@@ -230,7 +308,7 @@ def read_properties(buf: bytes, pos: int, end: int) -> tuple[list[tuple[int, obj
     return out, stop
 
 
-def _publish(flags: int, buf: bytes, pos: int, end: int) -> Publish:
+def _publish(flags: int, buf: bytes, pos: int, end: int, version: int = V5) -> Publish:
     qos = (flags >> 1) & 3
     if qos == 3:
         raise MqttProtocolError("bad-qos", "PUBLISH with QoS 3")
@@ -241,9 +319,11 @@ def _publish(flags: int, buf: bytes, pos: int, end: int) -> Publish:
             raise MqttProtocolError("truncated", "packet identifier")
         mid, pos = buf[pos] << 8 | buf[pos + 1], pos + 2
     user: tuple[tuple[str, str], ...] = ()
-    if pos >= end:
+    if version != V5:
+        pass  # 3.1.1: no properties
+    elif pos >= end:
         raise MqttProtocolError("truncated", "PUBLISH properties")
-    if buf[pos] == 0:
+    elif buf[pos] == 0:
         pos += 1  # no properties
     else:
         props, pos = read_properties(buf, pos, end)
@@ -257,8 +337,15 @@ def _publish(flags: int, buf: bytes, pos: int, end: int) -> Publish:
     return Publish(topic, mid, qos, buf[pos:end], user)
 
 
-def _control(kind: int, buf: bytes, pos: int, end: int) -> Control:
-    """The variable header of a non-PUBLISH packet; the payload of SUBACK/UNSUBACK."""
+def _control(kind: int, buf: bytes, pos: int, end: int, version: int = V5) -> Control:
+    """The variable header of a non-PUBLISH packet; the payload of SUBACK/UNSUBACK.
+    PUBACK: mid and reason code (0 when the broker left it out, and always under 3.1.1,
+    which has none)."""
+    if kind == PUBACK:
+        if end - pos < 2:
+            raise MqttProtocolError("truncated", "PUBACK")
+        code = buf[pos + 2] if version == V5 and end - pos > 2 else 0
+        return Control(kind, mid=buf[pos] << 8 | buf[pos + 1], code=code)
     if kind == CONNACK:
         if end - pos < 2:
             raise MqttProtocolError("truncated", "CONNACK")
@@ -268,23 +355,31 @@ def _control(kind: int, buf: bytes, pos: int, end: int) -> Control:
         if end - pos < 2:
             raise MqttProtocolError("truncated", "SUBACK")
         mid = buf[pos] << 8 | buf[pos + 1]
-        props, pos = read_properties(buf, pos + 2, end)
+        props, pos = read_properties(buf, pos + 2, end) if version == V5 else ([], pos + 2)
         return Control(kind, mid=mid, codes=tuple(buf[pos:end]), props=tuple(props))
     if kind == DISCONNECT:
         code = buf[pos] if end > pos else 0
         props = read_properties(buf, pos + 1, end)[0] if end - pos > 1 else []
         return Control(kind, code=code, props=tuple(props))
-    if kind in (PINGRESP, PUBACK, AUTH):
+    if kind in (PINGRESP, AUTH):
         return Control(kind)
     raise MqttProtocolError("bad-packet", f"packet type {kind} is not sent to a client")
 
 
 class Decoder:
     """`feed(bytes)` then `packets()`: every whole packet received so far, in order;
-    a partial packet waits for the next feed."""
+    a partial packet waits for the next feed. `version` is the connection's protocol
+    level (V5 or V311), `max_packet` the largest packet taken."""
 
-    def __init__(self) -> None:
+    def __init__(self, version: int = V5, max_packet: int = MAX_PACKET) -> None:
         self._buf = b""
+        self.version = version
+        self.max_packet = max_packet
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of a partial packet waiting for the rest."""
+        return len(self._buf)
 
     def feed(self, data: bytes) -> None:
         self._buf = self._buf + data if self._buf else data
@@ -303,16 +398,16 @@ class Decoder:
                     if exc.reason == "truncated":
                         break
                     raise
-            if length + start - pos > MAX_PACKET:
+            if length + start - pos > self.max_packet:
                 raise MqttProtocolError("oversize", f"packet of {length} bytes")
             end = start + length
             if end > n:
                 break
             kind = first >> 4
             if kind == PUBLISH:
-                out.append(_publish(first & 0x0F, buf, start, end))
+                out.append(_publish(first & 0x0F, buf, start, end, self.version))
             else:
-                out.append(_control(kind, buf, start, end))
+                out.append(_control(kind, buf, start, end, self.version))
             pos = end
         self._buf = buf[pos:]
         return out
