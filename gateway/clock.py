@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -75,14 +76,25 @@ def interpret(ret: int, status: int) -> ClockState:
     return ClockState(True, "synchronised", f"adjtimex={ret} status=0x{status:x}")
 
 
-def read_kernel() -> ClockState:
-    """One adjtimex(modes=0) call; never raises."""
+@functools.cache
+def _adjtimex() -> Callable[..., int] | str:
+    """libc's adjtimex, or why there is none. Looked up once: `find_library` runs
+    `ldconfig -p` in a child process (a fork of the whole agent), and the status loop
+    reads the clock every second."""
     libc_name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(libc_name, use_errno=True)
-        fn = libc.adjtimex
+        fn: Callable[..., int] = libc.adjtimex
     except (OSError, AttributeError) as exc:
-        return ClockState(False, "unknown", f"no adjtimex: {exc}")
+        return f"no adjtimex: {exc}"
+    return fn
+
+
+def read_kernel() -> ClockState:
+    """One adjtimex(modes=0) call; never raises."""
+    fn = _adjtimex()
+    if isinstance(fn, str):
+        return ClockState(False, "unknown", fn)
     tx = _Timex()
     ret = int(fn(ctypes.byref(tx)))
     if ret == -1:
