@@ -372,6 +372,9 @@ class Uplink:
                 await self._flush_done()  # one delete transaction for many PUBACKs
 
     async def _acquire(self, window: asyncio.Semaphore) -> None:
+        if not window.locked():  # a free slot: taken at once, without a timer per record
+            await window.acquire()
+            return
         # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
         # arrives as the semaphore is granted, and the publisher would then create a task
         # in a TaskGroup that is shutting down (RuntimeError)
