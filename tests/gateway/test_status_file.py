@@ -59,7 +59,11 @@ def test_idle_agent_leaves_the_file_alone_and_writes_a_change(tmp_path: Path) ->
         path = tmp_path / "state" / "status.json"
         try:
             wait_log(log, "event=port-open")
-            first = wait_status(path, lambda s: s["uplink"]["state"] == "connected")
+            # connected and the port listed: both are written by the first check after
+            # they happen, which may be two checks (the port opens while one is written)
+            first = wait_status(
+                path, lambda s: s["uplink"]["state"] == "connected" and bool(s["ports"])
+            )
             inode = path.stat().st_ino
             time.sleep(3.5)  # the agent looks at the status every second
             assert path.stat().st_ino == inode, "an idle agent rewrote status.json"
