@@ -112,8 +112,11 @@ async def supervised(
 
 
 class Agent:
-    def __init__(self, cfg: Config, *, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self, cfg: Config, *, notifier: Notifier | None = None, loop_name: str = "asyncio"
+    ) -> None:
         self.cfg = cfg
+        self.loop_name = loop_name  # gateway/eventloop.py: the loop it runs on
         self.notifier = notifier or Notifier()
         self.metrics = Metrics()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue")
@@ -370,7 +373,12 @@ class Agent:
                 spawn("time", self._time_loop(pipeline))
                 spawn("state", self._state_writer(pipeline, uplink, ingest))
                 self.notifier.ready(f"ready: queue {q.depth} records, ports {len(ingest.links)}")
-                log.info("event=ready gateway=%s queue_depth=%d", self.cfg.gateway_id, q.depth)
+                log.info(
+                    "event=ready gateway=%s queue_depth=%d event_loop=%s",
+                    self.cfg.gateway_id,
+                    q.depth,
+                    self.loop_name,
+                )
                 interval = watchdog_interval()
                 if interval is not None:
                     spawn("watchdog", watchdog_loop(self.notifier, health, interval))
