@@ -112,11 +112,8 @@ async def supervised(
 
 
 class Agent:
-    def __init__(
-        self, cfg: Config, *, notifier: Notifier | None = None, loop_name: str = "asyncio"
-    ) -> None:
+    def __init__(self, cfg: Config, *, notifier: Notifier | None = None) -> None:
         self.cfg = cfg
-        self.loop_name = loop_name  # gateway/eventloop.py: the loop it runs on
         self.notifier = notifier or Notifier()
         self.metrics = Metrics()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue")
@@ -373,12 +370,7 @@ class Agent:
                 spawn("time", self._time_loop(pipeline))
                 spawn("state", self._state_writer(pipeline, uplink, ingest))
                 self.notifier.ready(f"ready: queue {q.depth} records, ports {len(ingest.links)}")
-                log.info(
-                    "event=ready gateway=%s queue_depth=%d event_loop=%s",
-                    self.cfg.gateway_id,
-                    q.depth,
-                    self.loop_name,
-                )
+                log.info("event=ready gateway=%s queue_depth=%d", self.cfg.gateway_id, q.depth)
                 interval = watchdog_interval()
                 if interval is not None:
                     spawn("watchdog", watchdog_loop(self.notifier, health, interval))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -96,18 +97,12 @@ def config_warnings(cfg: Config) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from . import eventloop
     from .agent import Agent
 
     cfg = _load(args.config)
     _setup_logging(args.log_level)
     try:
-        _, loop_name = eventloop.loop_factory()
-    except ValueError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 2
-    try:
-        return eventloop.run(Agent(cfg, loop_name=loop_name).run())
+        return asyncio.run(Agent(cfg).run())
     except KeyboardInterrupt:
         return 130
     except OSError as exc:
