@@ -7,10 +7,10 @@ Why not aiomqtt and paho. Two things the gateway must have that they hide or mak
   looked like success, and a gateway that deletes a record after `publish()` returns loses
   it (DESIGN.md's delivery contract: acknowledged means a PUBACK whose reason code is
   below 0x80). The first version wrapped paho's callback to get it.
-- The CPU. With paho under aiomqtt a QoS 1 publish and its PUBACK cost ~60 µs of CPU (an
-  MQTTMessage, a lock, a socket write and a writer registration with the event loop per
-  message, a ReasonCode and a Properties object per PUBACK), as much as the record's
-  Ed25519 verify; here ~12-16 µs (bench/bench_mqtt_publish.py measures both in one run).
+- The CPU. With paho under aiomqtt a QoS 1 publish and its PUBACK cost 41-49 µs of CPU
+  (an MQTTMessage, a lock, a socket write and a writer registration with the event loop
+  per message, a ReasonCode and a Properties object per PUBACK), most of a record's
+  Ed25519 verify; here 11-12 µs (bench/bench_mqtt_publish.py measures both in one run).
   Issue 17: the uplink's CPU per record and its drain rate.
 
 What it does, and only that (OASIS MQTT 5.0 / 3.1.1): CONNECT with clean start, a will,
@@ -29,8 +29,9 @@ Bounds and failures:
   obeyed: a larger publish is a ValueError (as is a topic no broker may take), so the
   caller can keep that record and go on, instead of the broker closing the connection.
 - What the broker sends is decoded with a bound (max_packet): anything malformed, a QoS 2
-  PUBLISH (we never subscribe at 2), a topic alias, ends the connection with MqttError
-  naming why.
+  PUBLISH (we never subscribe at 2), a topic alias, more QoS 1 messages unacknowledged
+  than our Receive Maximum, ends the connection with MqttError naming why. Received QoS 0
+  messages not yet taken are held up to QOS0_HELD, the rest dropped and counted.
 - Keep alive: a PINGREQ when nothing was sent for half the keep alive; the connection
   is dropped when the broker was silent for 1.5 times it (a stalled path).
 Over MQTT 3.1.1 the PUBACK has no reason code and reads as success (0): a 3.1.1 broker
@@ -108,6 +109,11 @@ RECEIVE_MAX: Final = 32
 """Unacknowledged QoS 1 messages the broker may send us at once (commands, bundles)."""
 READ_LIMIT: Final = 1 << 22
 """Bytes received and not yet decoded at most (a bound on a half-sent huge packet)."""
+V311_UNACKED_MAX: Final = 1000
+"""The same bound under MQTT 3.1.1, which has no Receive Maximum to tell the broker."""
+QOS0_HELD: Final = 256
+"""Received QoS 0 messages waiting to be taken at most; more are dropped (counted in
+`dropped`): QoS 0 has no flow control, and we subscribe at QoS 1 only."""
 
 
 class MqttVersion(enum.IntEnum):
@@ -189,6 +195,9 @@ class MqttClient(asyncio.Protocol):
         self._next_mid = 0
         self._subacks: dict[int, asyncio.Future[tuple[int, ...]]] = {}
         self._inbox: asyncio.Queue[tuple[Message, int] | None] = asyncio.Queue()
+        self._unacked_in = 0  # received QoS 1 messages not yet acknowledged
+        self._qos0_held = 0
+        self.dropped = 0  # QoS 0 messages over QOS0_HELD
         self._sent_at = self._heard_at = 0.0
         self._pinger: asyncio.Task[None] | None = None
 
@@ -467,6 +476,17 @@ class MqttClient(asyncio.Protocol):
             if p.qos:
                 self._write(wire.encode_pubacks([p.mid]))
             return
+        if p.qos:
+            self._unacked_in += 1
+            limit = RECEIVE_MAX if self.protocol == MqttVersion.V5 else V311_UNACKED_MAX
+            if self._unacked_in > limit:  # MQTT 5: a protocol error (0x93, section 3.3.4)
+                self._drop(f"the broker sent more than {limit} QoS 1 messages unacknowledged")
+                return
+        elif self._qos0_held >= QOS0_HELD:
+            self.dropped += 1
+            return
+        else:
+            self._qos0_held += 1
         self._inbox.put_nowait((Message(p.topic, p.payload, p.qos, False), p.mid))
 
     @property
@@ -483,7 +503,10 @@ class MqttClient(asyncio.Protocol):
                 self._inbox.put_nowait(None)  # for any other reader
                 raise MqttError(str(self._lost or "connection closed"))
             message, mid = item
-            if message.qos and self._lost is None:
+            if not message.qos:
+                self._qos0_held -= 1
+            elif self._lost is None:
+                self._unacked_in -= 1
                 self._write(wire.encode_pubacks([mid]))
             yield message
 

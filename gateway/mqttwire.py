@@ -11,9 +11,9 @@ as ours): a Properties object built attribute by attribute through `__setattr__`
 checks, an MQTTMessage, topic matching against callbacks, a lock and a callback per
 message, and one PUBACK packet written per call. That is about as much as the Ed25519
 verify the record needs (~100 µs), and it capped the ingest at 0.47x the verify ceiling
-per core. The uplink: paho with aiomqtt spent ~60 µs of CPU per QoS 1 publish and its
+per core. The uplink: paho with aiomqtt spent 41-49 µs of CPU per QoS 1 publish and its
 PUBACK (a socket write and a writer registration per message, a ReasonCode and a
-Properties object per PUBACK), where these packets cost ~12-16 µs
+Properties object per PUBACK), where these packets cost 11-12 µs
 (bench/bench_mqtt_publish.py). This module decodes a whole socket read at once (a few µs
 a packet) and the callers write many packets in one send.
 

@@ -361,3 +361,43 @@ def test_the_connect_carries_will_credentials_and_clean_start() -> None:
         b"\x00\x04MQTT\x04\xee\x00\x1e"  # level 4; user, password, will retain, QoS 1, clean
         b"\x00\x02id\x00\x03s/t\x00\x03off\x00\x01u\x00\x02pw"
     ]
+
+
+def test_a_broker_over_our_receive_maximum_is_dropped_and_qos0_is_bounded() -> None:
+    def publish(topic: bytes, qos: int, mid: int) -> bytes:
+        body = struct.pack(">H", len(topic)) + topic + (struct.pack(">H", mid) if qos else b"")
+        body += b"\x00p"  # no properties, payload "p"
+        return bytes([0x30 | qos << 1, len(body)]) + body
+
+    async def flood0(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_packet(r)
+        w.write(connack())
+        w.write(b"".join(publish(b"c/x", 0, 0) for _ in range(300)))
+        await asyncio.sleep(5)
+
+    async def flood1(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_packet(r)
+        w.write(connack())
+        w.write(b"".join(publish(b"c/x", 1, mid) for mid in range(1, 34)))  # 33 > 32
+        await asyncio.sleep(5)
+
+    async def go() -> None:
+        async with scripted(flood0) as port:
+            async with MqttClient("127.0.0.1", port, client_id="f0") as client:
+                await asyncio.sleep(0.5)
+                assert client.dropped == 300 - 256
+                got = 0
+                async for m in client.messages:
+                    assert (m.topic, m.payload, m.qos) == ("c/x", b"p", 0)
+                    got += 1
+                    if got == 256:
+                        break
+        async with scripted(flood1) as port:
+            async with MqttClient("127.0.0.1", port, client_id="f1") as client:
+                await asyncio.sleep(0.5)  # nothing taken, so nothing acknowledged
+                assert not client.connected
+                with pytest.raises(MqttError, match="more than 32 QoS 1 messages"):
+                    async for _ in client.messages:
+                        pass
+
+    _run(go())
