@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,25 +53,37 @@ def topic(i: int) -> str:
     return f"citysense/v1/gw-bench/esp32-{i % 20:012x}/records"
 
 
-async def ours(port: int, n: int, window: int) -> tuple[float, float]:
-    async with MqttClient("127.0.0.1", port, client_id="bench-ours") as client:
-        slots = asyncio.Semaphore(window)
-        codes: list[int] = []
+async def drive(
+    publish: Callable[[int], asyncio.Future[int]], n: int, window: int
+) -> tuple[float, float]:
+    """`n` publishes, at most `window` waiting for their PUBACK: (CPU s, wall s)."""
+    slots = asyncio.Semaphore(window)
+    codes: list[int] = []
 
-        def done(fut: asyncio.Future[int]) -> None:
-            codes.append(fut.result())
-            slots.release()
+    def done(fut: asyncio.Future[int]) -> None:
+        codes.append(fut.result())
+        slots.release()
 
-        cpu, wall = time.process_time(), time.monotonic()
-        for i in range(n):
-            await slots.acquire()
-            props = record_properties(CONTENT_TYPE, [("gw-received-ms", str(i))])
-            client.publish_future(topic(i), PAYLOAD, properties=props).add_done_callback(done)
-        for _ in range(window):
-            await slots.acquire()
-        cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+    cpu, wall = time.process_time(), time.monotonic()
+    for i in range(n):
+        await slots.acquire()
+        publish(i).add_done_callback(done)
+    for _ in range(window):
+        await slots.acquire()
+    cpu, wall = time.process_time() - cpu, time.monotonic() - wall
     assert codes == [0] * n, "a publish was refused"
     return cpu, wall
+
+
+def props(i: int) -> bytes:
+    return record_properties(CONTENT_TYPE, [("gw-received-ms", str(i))])
+
+
+async def ours(port: int, n: int, window: int) -> tuple[float, float]:
+    async with MqttClient("127.0.0.1", port, client_id="bench-ours") as client:
+        return await drive(
+            lambda i: client.publish_future(topic(i), PAYLOAD, properties=props(i)), n, window
+        )
 
 
 class _PahoOnLoop:
@@ -134,28 +147,18 @@ async def with_paho(port: int, n: int, window: int) -> tuple[float, float]:
     client.on_publish = on_publish
     client.connect("127.0.0.1", port)
     await asyncio.wait_for(connected, 10)
-    slots = asyncio.Semaphore(window)
-    codes: list[int] = []
 
-    def done(fut: asyncio.Future[int]) -> None:
-        codes.append(fut.result())
-        slots.release()
-
-    cpu, wall = time.process_time(), time.monotonic()
-    for i in range(n):
-        await slots.acquire()
-        props = _Packed(record_properties(CONTENT_TYPE, [("gw-received-ms", str(i))]))
+    def publish(i: int) -> asyncio.Future[int]:
         fut: asyncio.Future[int] = loop.create_future()
-        fut.add_done_callback(done)
-        info = client.publish(topic(i), PAYLOAD, 1, properties=props)
+        info = client.publish(topic(i), PAYLOAD, 1, properties=_Packed(props(i)))
         waiting[info.mid] = fut
-    for _ in range(window):
-        await slots.acquire()
-    cpu, wall = time.process_time() - cpu, time.monotonic() - wall
-    client.disconnect()
-    await asyncio.sleep(0.1)
-    assert codes == [0] * n, "a publish was refused"
-    return cpu, wall
+        return fut
+
+    try:
+        return await drive(publish, n, window)
+    finally:
+        client.disconnect()
+        await asyncio.sleep(0.1)
 
 
 _COUNTER = """

@@ -129,7 +129,7 @@ class Control:
 
 
 # -- encoders -------------------------------------------------------------------------
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
     out = bytearray()
     while True:
         byte, n = n & 0x7F, n >> 7
@@ -138,7 +138,7 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _utf8(text: str) -> bytes:
+def utf8(text: str) -> bytes:
     return _binary(text.encode("utf-8"))
 
 
@@ -149,7 +149,7 @@ def _binary(data: bytes) -> bytes:
 
 
 def _packet(first: int, body: bytes) -> bytes:
-    return bytes([first]) + _varint(len(body)) + body
+    return bytes([first]) + varint(len(body)) + body
 
 
 def _props(pairs: list[tuple[int, int]]) -> bytes:
@@ -157,7 +157,7 @@ def _props(pairs: list[tuple[int, int]]) -> bytes:
     for ident, value in pairs:
         out.append(ident)
         out += value.to_bytes(_FIXED[PROPERTY_KINDS[ident]], "big")
-    return _varint(len(out)) + bytes(out)
+    return varint(len(out)) + bytes(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,12 +191,12 @@ def encode_connect(
     props = b""
     if version == V5:
         props = _props([(0x11, session_expiry), (0x21, receive_max), (0x27, max_packet)])
-    body = _utf8("MQTT") + bytes([version, flags]) + _U16.pack(keepalive) + props
-    body += _utf8(client_id)
+    body = utf8("MQTT") + bytes([version, flags]) + _U16.pack(keepalive) + props
+    body += utf8(client_id)
     if will is not None:
-        body += (b"\x00" if version == V5 else b"") + _utf8(will.topic) + _binary(will.payload)
+        body += (b"\x00" if version == V5 else b"") + utf8(will.topic) + _binary(will.payload)
     if username is not None:
-        body += _utf8(username)
+        body += utf8(username)
     if password is not None:
         body += _binary(password.encode("utf-8"))
     return _packet(CONNECT << 4, body)
@@ -225,16 +225,16 @@ def encode_publish(
     if length > MAX_REMAINING:
         raise ValueError(f"a PUBLISH of {length} bytes is over MQTT's maximum")
     first = PUBLISH << 4 | qos << 1 | (1 if retain else 0)
-    return bytes([first]) + _varint(length) + head + payload
+    return bytes([first]) + varint(length) + head + payload
 
 
 def encode_subscribe(mid: int, topic_filter: str, qos: int, *, version: int = V5) -> bytes:
     props = b"\x00" if version == V5 else b""
-    return _packet(SUBSCRIBE << 4 | 2, _U16.pack(mid) + props + _utf8(topic_filter) + bytes([qos]))
+    return _packet(SUBSCRIBE << 4 | 2, _U16.pack(mid) + props + utf8(topic_filter) + bytes([qos]))
 
 
 def encode_unsubscribe(mid: int, topic_filter: str) -> bytes:
-    return _packet(UNSUBSCRIBE << 4 | 2, _U16.pack(mid) + b"\x00" + _utf8(topic_filter))
+    return _packet(UNSUBSCRIBE << 4 | 2, _U16.pack(mid) + b"\x00" + utf8(topic_filter))
 
 
 def encode_pubacks(mids: list[int]) -> bytes:

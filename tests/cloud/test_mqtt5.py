@@ -23,7 +23,7 @@ def _publish(
     body = _str(topic) + (mid.to_bytes(2, "big") if mid is not None else b"")
     body += bytes([len(props)]) + props + payload
     first = 0x30 | (qos << 1) | (0x08 if dup else 0)
-    return bytes([first]) + mqtt5._varint(len(body)) + body
+    return bytes([first]) + mqtt5.varint(len(body)) + body
 
 
 USER = b"\x26" + _str(b"gw-received-ms") + _str(b"1764640000123")
@@ -62,9 +62,9 @@ def test_encoders_exact_bytes() -> None:
     )
     assert mqtt5.encode_disconnect() == b"\xe0\x00"
     assert mqtt5.encode_disconnect(0) == b"\xe0\x07\x00\x05\x11\x00\x00\x00\x00"
-    assert mqtt5._varint(127) == b"\x7f"
-    assert mqtt5._varint(128) == b"\x80\x01"
-    assert mqtt5._varint(268_435_455) == b"\xff\xff\xff\x7f"
+    assert mqtt5.varint(127) == b"\x7f"
+    assert mqtt5.varint(128) == b"\x80\x01"
+    assert mqtt5.varint(268_435_455) == b"\xff\xff\xff\x7f"
 
 
 def test_decoder_whole_bytewise_and_random_splits() -> None:
