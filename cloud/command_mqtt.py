@@ -5,7 +5,9 @@
         body = link.next_result(deadline)              # bytes, or None at the deadline
 
 paho runs its network loop in its own thread; the callbacks only put what arrived into
-thread-safe queues and events, and every wait here is bounded.
+thread-safe queues and events, and every wait here is bounded. paho is imported when a
+link is made: it comes with `citysense[cloud]`, and `citysense-cloud release build` runs
+from a `citysense[provision]` install without it.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ import ssl
 import threading
 import time
 from types import TracebackType
-from typing import Any
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from typing import TYPE_CHECKING, Any
 
 from .config import BrokerConfig
-from .errors import BrokerUnreachableError, PublishRefusedError
+from .errors import BrokerUnreachableError, ConfigError, PublishRefusedError
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
 
 CONNECT_TIMEOUT = 15.0
 PUBACK_TIMEOUT = 30.0
@@ -52,6 +54,14 @@ class CommandLink:
         self._pubacks: dict[int, Any] = {}
         self._puback = threading.Condition()
         self.results: queue.Queue[bytes] = queue.Queue(maxsize=1000)
+        try:
+            import paho.mqtt.client as mqtt
+            from paho.mqtt.enums import CallbackAPIVersion
+        except ImportError:
+            raise ConfigError(
+                "talking to the broker needs paho-mqtt, which citysense[cloud] installs:"
+                " pip install 'citysense[cloud]'"
+            ) from None
         client_id = broker.client_id or f"citysense-cloud-command-{os.getpid()}"
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
