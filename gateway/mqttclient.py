@@ -140,7 +140,6 @@ class Message(NamedTuple):
     topic: str
     payload: bytes
     qos: int
-    retain: bool
 
 
 def refusal_label(code: int) -> str:
@@ -179,7 +178,6 @@ class MqttClient(asyncio.Protocol):
         self.tls_context = tls_context
         self.keepalive = keepalive
         self.timeout = timeout
-        self.session_present = False
         self.send_quota = 65535  # the broker's Receive Maximum
         self.max_packet = wire.MAX_REMAINING + 5  # the broker's Maximum Packet Size
         self._dec = wire.Decoder(int(protocol), MAX_PACKET)
@@ -230,18 +228,17 @@ class MqttClient(asyncio.Protocol):
                 )
                 connack = await self._connack
         except TimeoutError:
-            self._abort()
+            self._drop("connection closed")
             raise MqttError("Operation timed out (no CONNACK)") from None
         except (OSError, ssl.SSLError) as exc:
-            self._abort()
+            self._drop("connection closed")
             raise MqttError(str(exc) or type(exc).__name__) from exc
         except BaseException:
-            self._abort()
+            self._drop("connection closed")
             raise
         if connack.code != 0:
-            self._abort()
+            self._drop("connection closed")
             raise MqttConnectError(connack.code)
-        self.session_present = bool(connack.flags)
         quota = connack.prop(0x21)
         if isinstance(quota, int) and quota > 0:
             self.send_quota = quota
@@ -268,11 +265,6 @@ class MqttClient(asyncio.Protocol):
             self._flush()
             transport.close()
         self._gone(MqttError("disconnected by the client"))
-
-    def _abort(self) -> None:
-        if self._transport is not None:
-            self._transport.abort()
-        self._gone(MqttError("connection closed"))
 
     @property
     def connected(self) -> bool:
@@ -487,7 +479,7 @@ class MqttClient(asyncio.Protocol):
             return
         else:
             self._qos0_held += 1
-        self._inbox.put_nowait((Message(p.topic, p.payload, p.qos, False), p.mid))
+        self._inbox.put_nowait((Message(p.topic, p.payload, p.qos), p.mid))
 
     @property
     def messages(self) -> AsyncIterator[Message]:

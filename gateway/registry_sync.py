@@ -154,7 +154,7 @@ class RegistrySync:
             return
         for topic in self.topics():
             codes = await client.subscribe(topic, qos=1)
-            refused = [c for c in codes or [] if int(getattr(c, "value", c)) >= 0x80]
+            refused = [c for c in codes if c >= 0x80]
             if refused:
                 log.warning(
                     "event=registry-subscribe-refused topic=%s code=%s: the broker ACL"
